@@ -1,0 +1,83 @@
+"""Turns errors a user can cause into one line on stderr and a non-zero exit.
+
+Tracebacks are for bugs. A wrong config key, a missing file, a dataset that is not prepared or a
+NaN loss is the user's to fix, so they get the message alone: it names the key or file and the fix.
+Set DIFFJAX_TRACEBACK=1 to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+
+from absl import app, flags
+
+from diffjax.config_base import base_config
+from diffjax.data.pipeline import DataError
+from diffjax.parallel.mesh import MeshError
+
+USER_ERRORS = (DataError, MeshError, FileNotFoundError, ValueError, FloatingPointError)
+EXIT_BAD_FLAGS = 2
+EXIT_USER_ERROR = 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def unknown_config_key(argv: list[str]) -> str | None:
+    """The first --config.a.b override that no config has, with a suggestion.
+
+    Every config file starts from `base_config()` and adds no keys, so the schema is known
+    without loading the user's file.
+    """
+    schema = base_config()
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        node, walked = schema, []
+        for part in path.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f"; did you mean config.{'.'.join(walked + close)}?" if close else ""
+                where = f"config.{'.'.join(walked)}" if walked else "the config"
+                return f"unknown config key config.{path}: {where} has no field {part!r}{hint}"
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def describe_flag_error(error: BaseException, argv: list[str]) -> str:
+    unknown = unknown_config_key(argv)
+    if unknown:
+        return unknown
+    text = str(error)
+    if "Failed loading config file" in text or isinstance(error, OSError):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return f"cannot load the config file: {lines[-1] if lines else text}"
+    if "Error whilst parsing config file" in text:
+        # config_flags embeds the config's own traceback; its last line is the actual error.
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return f"the config file failed: {lines[-1]}"
+    return _one_line(text)
+
+
+def run_main(main) -> None:
+    try:
+        argv = flags.FLAGS(sys.argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            flags.FLAGS.config.keys()  # config_flags fails lazily: surface a missing file now
+    except Exception as error:  # noqa: BLE001 - every parsing failure is the user's input
+        if os.environ.get("DIFFJAX_TRACEBACK"):
+            raise
+        sys.stderr.write(f"diffjax: error: {describe_flag_error(error, sys.argv)}\n")
+        sys.exit(EXIT_BAD_FLAGS)
+    try:
+        app.run(main, argv=argv)
+    except USER_ERRORS as error:
+        if os.environ.get("DIFFJAX_TRACEBACK"):
+            raise
+        sys.stderr.write(f"diffjax: error: {type(error).__name__}: {_one_line(error)}\n")
+        sys.exit(EXIT_USER_ERROR)

@@ -1,0 +1,55 @@
+"""Multi-host start-up: `jax.distributed.initialize` from flags, the environment or auto-detection.
+
+Order of precedence: explicit settings (DIFFJAX_COORDINATOR_ADDRESS, DIFFJAX_NUM_PROCESSES,
+DIFFJAX_PROCESS_ID, set by `launch/local.sh` or the --coordinator_address/... flags of main), then
+JAX's own cluster detection (TPU VM metadata, SLURM, Open MPI, GKE), which `initialize()` with no
+arguments performs. A single process on a workstation needs none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+_ENV_ADDRESS = "DIFFJAX_COORDINATOR_ADDRESS"
+_ENV_NUM = "DIFFJAX_NUM_PROCESSES"
+_ENV_ID = "DIFFJAX_PROCESS_ID"
+_ENV_CPU_COLLECTIVES = "DIFFJAX_CPU_COLLECTIVES"
+
+
+def _on_cluster() -> bool:
+    """True where JAX's auto-detection will find peers (TPU pod slice, SLURM job, ...)."""
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    if os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
+        return True
+    return os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1"
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    if jax.distributed.is_initialized():
+        return
+    if coordinator_address:
+        # CPU multi-process jobs (tests, launch/local.sh) need a CPU collectives backend.
+        if os.environ.get(_ENV_CPU_COLLECTIVES):
+            jax.config.update("jax_cpu_collectives_implementation",
+                              os.environ[_ENV_CPU_COLLECTIVES])
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    elif _on_cluster():
+        jax.distributed.initialize()
+    else:
+        return
+    logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())
+
+
+def initialize_from_environment() -> None:
+    address = os.environ.get(_ENV_ADDRESS)
+    initialize(
+        coordinator_address=address,
+        num_processes=int(os.environ[_ENV_NUM]) if address else None,
+        process_id=int(os.environ[_ENV_ID]) if address else None,
+    )

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, the jitted step, checkpoints and the loop."""

@@ -1,0 +1,115 @@
+"""The pure train step `(state, batch) -> (state, metrics)` and the network closures it uses.
+
+Randomness of step s comes from fold_in(key(seed), s) only, so a run is a pure function of the
+config and the seed, whatever the mesh (threefry is partitionable: sharded draws equal unsharded).
+A step whose loss or gradient is not finite leaves the state untouched and records the step in
+`first_nonfinite_step`; the loop stops on it before any checkpoint can hold a broken state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffjax import losses
+from diffjax.data.pixels import to_model_range
+from diffjax.guidance import classifier_free_guidance
+from diffjax.score import make_score_fn
+from diffjax.sde import LinearSDE
+from diffjax.training.state import TrainState
+
+
+def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | None = None):
+    """`net(x_in, noise_cond, labels)` for the score module, with parameters bound."""
+
+    def net(x_in, noise_cond, labels):
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        return model.apply({"params": params}, x_in, noise_cond, labels, train=train, rngs=rngs)
+
+    return net
+
+
+def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
+                 dropout_rng=None, guidance_scale: float = 0.0):
+    """The score function of `params`, with the configured parameterisation and guidance."""
+    net = network(model, params, train=train, dropout_rng=dropout_rng)
+    if guidance_scale and labels is not None:
+        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
+    return make_score_fn(
+        sde, net, parameterization=config.model.parameterization,
+        sigma_data=config.model.sigma_data if config.model.scale_input else None, labels=labels)
+
+
+def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """uint8 batch -> (x0 in the SDE's range, labels or None)."""
+    d = config.data
+    x0 = to_model_range(batch["image"], rng, centered=d.centered, dequantize=d.dequantize,
+                        random_flip=d.random_flip)
+    return x0, (batch["label"] if config.model.conditional else None)
+
+
+def make_train_step(config, model: nn.Module, sde: LinearSDE,
+                    optimizer: optax.GradientTransformation) -> Callable:
+    t = config.training
+    base_key = jax.random.key(config.seed)
+
+    def loss_fn(params, x0, labels, rng):
+        dropout_rng, loss_rng = jax.random.split(rng)
+        score_fn = score_fn_for(config, model, sde, params, labels=labels, train=True,
+                                dropout_rng=dropout_rng)
+        per_example = losses.dsm_loss(loss_rng, score_fn, sde, x0, eps=t.eps,
+                                      likelihood_weighting=t.likelihood_weighting,
+                                      reduce_mean=t.reduce_mean)
+        return jnp.mean(per_example)
+
+    def gradients(params, x0, labels, rng):
+        """Mean loss and gradient over the global batch, in `microbatches` sequential passes."""
+        k = t.microbatches
+        if k == 1:
+            return jax.value_and_grad(loss_fn)(params, x0, labels, rng)
+
+        # [B, ...] -> [k, B/k, ...] keeping each device's rows on that device (strided split).
+        def split(a):
+            return None if a is None else jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+        def accumulate(carry, inputs):
+            index, x_micro, labels_micro = inputs
+            loss, grad = jax.value_and_grad(loss_fn)(params, x_micro, labels_micro,
+                                                     jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (loss, grad)), None
+
+        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        (loss, grad), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), split(x0), split(labels)))
+        return jax.tree.map(lambda v: v / k, (loss, grad))
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(base_key, state.step)
+        data_rng, loss_rng = jax.random.split(rng)
+        x0, labels = model_input(config, batch, data_rng)
+        loss, grad = gradients(state.params, x0, labels, loss_rng)
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1.0 - t.ema_decay) * p,
+                           state.ema_params, params)
+        grad_norm = optax.global_norm(grad)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            ema_params=keep_if_finite(ema, state.ema_params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            first_nonfinite_step=jnp.where(
+                (state.first_nonfinite_step < 0) & ~finite, state.step,
+                state.first_nonfinite_step),
+        )
+        return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+    return train_step
