@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import jax
 
+from diffjax import runtime
 from diffjax.parallel import distributed
 
 
@@ -25,6 +26,8 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     """Initialises multi-host JAX when needed, then runs one mode."""
     if mode not in MODES:
         raise ValueError(f"Unknown --mode={mode!r}; choose one of {sorted(MODES)}.")
+    runtime.quiet_library_logs()
+    runtime.enable_compilation_cache()
     distributed.initialize_from_environment()
     if jax.process_index() == 0:
         logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,

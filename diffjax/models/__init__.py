@@ -49,6 +49,7 @@ def build_dit(config) -> nn.Module:
     return DiT(
         **shape, mlp_ratio=d.mlp_ratio, num_classes=_num_classes(config),
         label_dropout=m.label_dropout, pos_embed=d.pos_embed, noise_embedding=m.noise_embedding,
+        fourier_scale=m.fourier_scale,
         dtype=compute_dtype(m), remat=m.remat,
     )
 

@@ -227,6 +227,7 @@ class DiT(nn.Module):
     label_dropout: float = 0.1
     pos_embed: str = 'sincos'
     noise_embedding: str = 'positional'
+    fourier_scale: float = 16.0
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
     remat: bool = False
@@ -264,7 +265,8 @@ class DiT(nn.Module):
                       batch: int, train: bool) -> jax.Array:
         noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
         c = NoiseLevelEmbedding(self.hidden_size, kind=self.noise_embedding,
-                                dtype=self.dtype, name='noise_embed')(noise_cond)
+                                fourier_scale=self.fourier_scale, dtype=self.dtype,
+                                name='noise_embed')(noise_cond)
         if self.num_classes > 0:
             c = c + LabelEmbedding(self.num_classes, self.hidden_size,
                                    self.label_dropout, dtype=self.dtype,

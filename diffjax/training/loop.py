@@ -150,11 +150,16 @@ def write_sample_grid(experiment: Experiment, generate, params, step: int, workd
     return path
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) and returns a summary: final step, loss, steps/s, paths."""
+def train(config, workdir: str, devices=None) -> dict[str, Any]:
+    """Trains (or resumes) and returns a summary: final step, loss, steps/s, paths, state.
+
+    `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
+    """
     workdir = os.path.abspath(workdir)
     t_cfg = config.training
-    experiment = build_experiment(config)
+    # Installed first: a preemption during set-up or compilation must still end in a save.
+    preemption = PreemptionWatcher(t_cfg.preemption_check_every_steps)
+    experiment = build_experiment(config, devices)
     mesh = experiment.mesh
     check_batch_size(config, mesh)
     is_chief = jax.process_index() == 0
@@ -209,7 +214,6 @@ def train(config, workdir: str) -> dict[str, Any]:
             logdir=os.path.join(workdir, "profile"), first_profile=t_cfg.profile_first_step,
             num_profile_steps=t_cfg.profile_num_steps))
 
-    preemption = PreemptionWatcher(t_cfg.preemption_check_every_steps)
     last_saved = latest
     pending_metrics: list[dict] = []
     rates: dict[str, float] = {}
