@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from diffjax import sampling
+from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.sde import LinearSDE
 from diffjax.training.step import score_fn_for
@@ -26,9 +27,15 @@ def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
 
 def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
                      sampling_config=None) -> Callable:
-    """`generate(params, rng, labels)`; labels is an int32 [batch_size] array or None."""
+    """`generate(params, rng, labels)`; labels is an int32 [batch_size] array or None.
+
+    Any batch size works: the batch is padded to a multiple of the data-parallel devices (the
+    padding is sampled and dropped), so a 10-image grid runs on 8 devices.
+    """
     sampling_config = sampling_config or config.sampling
-    shape = image_shape(config, batch_size)
+    parallel = batch_axis_size(mesh)
+    padded = -(-batch_size // parallel) * parallel
+    shape = image_shape(config, padded)
     guidance = float(sampling_config.guidance_scale) if config.model.conditional else 0.0
 
     def generate(params, rng, labels):
@@ -38,7 +45,17 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
         samples = jax.lax.with_sharding_constraint(result.samples, batch_sharding(mesh))
         return samples, result.nfe
 
-    return jax.jit(generate, out_shardings=(batch_sharding(mesh), replicated(mesh)))
+    jitted = jax.jit(generate, out_shardings=(batch_sharding(mesh), replicated(mesh)))
+
+    def generate_any_size(params, rng, labels):
+        if labels is not None and padded != batch_size:
+            labels = jnp.pad(jnp.asarray(labels), (0, padded - batch_size))
+        if labels is not None:
+            labels = jax.device_put(labels, batch_sharding(mesh))
+        samples, nfe = jitted(params, rng, labels)
+        return (samples if padded == batch_size else samples[:batch_size]), nfe
+
+    return generate_any_size
 
 
 def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:

