@@ -151,12 +151,18 @@ class UNet(nn.Module):
             )
         block_cls = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
 
+        # Explicit names keep parameter paths (and checkpoints) the same with and without remat.
+        counts = {"res": 0, "attn": 0}
+
         def res_block(out_channels, resample_factor=1.0):
+            counts["res"] += 1
             return block_cls(out_channels, self.dropout, self.skip_rescale, self.init_scale,
-                             resample_factor, self.dtype)
+                             resample_factor, self.dtype, name=f"ResnetBlock_{counts['res'] - 1}")
 
         def attention():
-            return AttentionBlock(self.skip_rescale, self.init_scale, self.dtype)
+            counts["attn"] += 1
+            return AttentionBlock(self.skip_rescale, self.init_scale, self.dtype,
+                                  name=f"AttentionBlock_{counts['attn'] - 1}")
 
         temb = NoiseLevelEmbedding(dim=4 * self.nf, frequency_dim=self.nf,
                                    kind=self.noise_embedding,

@@ -38,8 +38,9 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the embedded digits."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Records stored in source order (the loader shuffles)."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -51,6 +52,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
+            # Grain shuffles every epoch; stored order = source order keeps splits reproducible.
+            disable_shuffling=True,
             homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
             citation=_CITATION,
         )
