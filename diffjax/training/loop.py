@@ -153,10 +153,18 @@ def train(config, workdir: str, devices=None) -> dict[str, Any]:
 
     `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
     """
-    workdir = os.path.abspath(workdir)
-    t_cfg = config.training
     # Installed first: a preemption during set-up or compilation must still end in a save.
-    preemption = PreemptionWatcher(t_cfg.preemption_check_every_steps)
+    preemption = PreemptionWatcher(config.training.preemption_check_every_steps)
+    try:
+        with contextlib.ExitStack() as context:
+            return _train(config, os.path.abspath(workdir), devices, preemption, context)
+    finally:
+        preemption.restore()
+
+
+def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
+           context: contextlib.ExitStack) -> dict[str, Any]:
+    t_cfg = config.training
     experiment = build_experiment(config, devices)
     mesh = experiment.mesh
     check_batch_size(config, mesh)
@@ -193,7 +201,6 @@ def train(config, workdir: str, devices=None) -> dict[str, Any]:
     generate = make_generate_fn(config, experiment.model, experiment.sde, mesh,
                                 t_cfg.num_sample_images)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
-    context = contextlib.ExitStack()
     context.enter_context(jax.set_mesh(mesh))
     context.enter_context(nn.logical_axis_rules(experiment.rules))
     first_batch = global_batch(next(loader), batch_spec)
@@ -253,9 +260,7 @@ def train(config, workdir: str, devices=None) -> dict[str, Any]:
     finally:
         checkpointer.wait()
         checkpointer.close()
-        preemption.restore()
         writer.flush()
-        context.close()
 
     summary = {
         "step": step,
