@@ -109,14 +109,11 @@ def _vp_t_from_log_mean_coeff(lmc: Array, beta_min: float, beta_max: float) -> A
     return (-0.5 * beta_min + jnp.sqrt(0.25 * beta_min**2 - delta * lmc)) / (0.5 * delta)
 
 
-@dataclasses.dataclass(frozen=True)
-class VPSDE(LinearSDE):
-    """Variance preserving: beta(t) linear in t; the continuous limit of DDPM."""
+class _LinearBetaSchedule(LinearSDE):
+    """The VP family's drift -beta(t)/2 with beta linear in t, and its mean coefficient."""
 
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    T: float = 1.0
-    name: ClassVar[str] = "vp"
+    beta_min: float
+    beta_max: float
 
     def beta(self, t: Array) -> Array:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -124,20 +121,33 @@ class VPSDE(LinearSDE):
     def drift_coeff(self, t):
         return -0.5 * self.beta(t)
 
+    def log_mean_coeff(self, t: Array) -> Array:
+        return _vp_log_mean_coeff(jnp.asarray(t), self.beta_min, self.beta_max)
+
+    def prior_std(self):
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(_LinearBetaSchedule):
+    """Variance preserving: beta(t) linear in t; the continuous limit of DDPM."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+    name: ClassVar[str] = "vp"
+
     def diffusion(self, t):
         return jnp.sqrt(self.beta(t))
 
     def marginal_coeffs(self, t):
-        lmc = _vp_log_mean_coeff(jnp.asarray(t), self.beta_min, self.beta_max)
+        lmc = self.log_mean_coeff(t)
         # -expm1 keeps sigma accurate at small t, where 1 - exp(2 lmc) cancels.
         return jnp.exp(lmc), jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
     def log_snr(self, t):
-        lmc = _vp_log_mean_coeff(jnp.asarray(t), self.beta_min, self.beta_max)
+        lmc = self.log_mean_coeff(t)
         return 2.0 * lmc - jnp.log(-jnp.expm1(2.0 * lmc))
-
-    def prior_std(self):
-        return 1.0
 
     def t_from_log_snr(self, log_snr):
         # alpha^2 = sigmoid(lambda) for a variance-preserving kernel.
@@ -146,7 +156,7 @@ class VPSDE(LinearSDE):
 
 
 @dataclasses.dataclass(frozen=True)
-class SubVPSDE(LinearSDE):
+class SubVPSDE(_LinearBetaSchedule):
     """sub-VP: the VP drift with a smaller diffusion, so sigma(t) = 1 - alpha(t)^2."""
 
     beta_min: float = 0.1
@@ -154,23 +164,14 @@ class SubVPSDE(LinearSDE):
     T: float = 1.0
     name: ClassVar[str] = "subvp"
 
-    def beta(self, t: Array) -> Array:
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def drift_coeff(self, t):
-        return -0.5 * self.beta(t)
-
     def diffusion(self, t):
         t = jnp.asarray(t)
         discount = -jnp.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
         return jnp.sqrt(self.beta(t) * discount)
 
     def marginal_coeffs(self, t):
-        lmc = _vp_log_mean_coeff(jnp.asarray(t), self.beta_min, self.beta_max)
+        lmc = self.log_mean_coeff(t)
         return jnp.exp(lmc), -jnp.expm1(2.0 * lmc)
-
-    def prior_std(self):
-        return 1.0
 
     def t_from_log_snr(self, log_snr):
         # sigma / alpha = (1 - u^2) / u = exp(-lambda / 2) with u = alpha; take the root in (0, 1).
