@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     evaluation.num_samples = 50_000
     evaluation.batch_size = 500  # global sampling batch
     evaluation.checkpoints = "all"  # "all" without report, "latest", "watch", or "1000,2000"
-    evaluation.reference_split = "train"
+    evaluation.reference_split = "train"  # also "train[:N]": the first N images
     evaluation.stats_dir = ""  # "" = ~/.cache/diffjax/fid_stats
     evaluation.inception_batch_size = 200
     evaluation.compute_kid = True
@@ -125,6 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
     evaluation.watch_timeout_s = 3600
     evaluation.likelihood_split = "test"
     evaluation.likelihood_batch_size = 128
+    evaluation.likelihood_max_examples = 0  # 0 = the whole split
+    evaluation.keep_samples = False  # keep eval/<step>.samples/ after the report is written
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

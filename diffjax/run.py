@@ -17,8 +17,36 @@ def _train(config, workdir: str) -> dict[str, Any]:
     return train(config, workdir)
 
 
+def _fid_stats(config, workdir: str) -> dict[str, Any]:
+    from diffjax.evaluation.stats import fid_stats
+
+    return fid_stats(config, workdir)
+
+
+def _eval(config, workdir: str) -> dict[int, dict]:
+    from diffjax.evaluation.evaluate import evaluate
+
+    return evaluate(config, workdir)
+
+
+def _sample(config, workdir: str) -> dict[str, Any]:
+    from diffjax.sample_mode import sample
+
+    return sample(config, workdir)
+
+
+def _likelihood(config, workdir: str) -> dict[str, Any]:
+    from diffjax.likelihood_mode import evaluate_likelihood
+
+    return evaluate_likelihood(config, workdir)
+
+
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
+    "fid_stats": _fid_stats,
+    "eval": _eval,
+    "sample": _sample,
+    "likelihood": _likelihood,
 }
 
 
