@@ -9,6 +9,7 @@ Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exi
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from diffjax.parallel.sharding import DEFAULT_RULES
 
@@ -96,12 +97,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "euler_maruyama"
     sampling.num_steps = 1000
-    sampling.eps = 1e-3  # final time (1e-5 for VE)
+    sampling.eps = config_dict.placeholder(float)  # final time; None = 1e-3 (VP, sub-VP), 1e-5 (VE)
     sampling.denoise = True  # final Tweedie step at t = eps (one more network evaluation)
     sampling.predictor = "reverse_diffusion"  # for method "pc"
     sampling.snr = 0.16  # Langevin corrector signal-to-noise ratio
     sampling.corrector_steps = 1
-    sampling.time_grid = "uniform"  # fixed-step ODE grid: "uniform", "edm", "log_snr"
+    # "uniform" (in t), "edm" (rho schedule), "log_snr"; None = each sampler's best grid.
+    sampling.time_grid = config_dict.placeholder(str)
     sampling.rho = 7.0
     sampling.order = 3  # DPM-Solver multistep order
     sampling.solver = "dopri5"  # adaptive ODE solver

@@ -12,10 +12,11 @@ the options static. `nfe` is the exact number of score-network evaluations.
                        time_grid, rho
     ode_euler          num_steps, time_grid, rho                   N
     ode_heun           num_steps, time_grid, rho                   2N - 1
-    ode_adaptive       solver, rtol, atol, max_steps               2 + 6 * steps (dopri5, tsit5)
+    ode_adaptive       solver, rtol, atol, max_steps               1 + 6 * steps (dopri5, tsit5)
     ddim               num_steps, time_grid, rho                   N
     dpm_solver         num_steps, order, time_grid, rho            N
-plus one for the final Tweedie step when `denoise`.
+plus one for the final Tweedie step when `denoise`. Inpainting (replacement, score_sde):
+`inpaint(rng, score_fn, sde, x_known, mask, method=...)` for the three SDE samplers.
 
 Batch sharding: every sampler treats examples independently (per-example score evaluations,
 per-example Langevin step sizes); the only cross-example quantity anywhere is the adaptive ODE's
@@ -29,8 +30,9 @@ from typing import Any, Callable
 import jax
 
 from diffjax.sampling.adaptive_ode import ode_adaptive
-from diffjax.sampling.ddim import ddim
-from diffjax.sampling.dpm_solver import dpm_solver
+from diffjax.sampling.ddim_sampler import ddim
+from diffjax.sampling.dpm_solver_multistep import dpm_solver
+from diffjax.sampling.inpainting import inpaint
 from diffjax.sampling.ode_solvers import ode_euler, ode_heun
 from diffjax.sampling.result import SampleResult
 from diffjax.sampling.sde_solvers import euler_maruyama, predictor_corrector, reverse_diffusion
@@ -123,6 +125,6 @@ def sample(sampling_config, rng: jax.Array, score_fn: ScoreFn, sde: LinearSDE,
 
 
 __all__ = [
-    "CONFIG_DEFAULTS", "SAMPLERS", "SAMPLER_OPTIONS", "SampleResult", "get_sampler", "sample",
-    "sampler_options",
+    "CONFIG_DEFAULTS", "SAMPLERS", "SAMPLER_OPTIONS", "SampleResult", "get_sampler", "inpaint",
+    "sample", "sampler_options",
 ]

@@ -6,15 +6,16 @@ jits, shards over the batch, and costs nothing per step beyond the network itsel
 
 Counting evaluations exactly. Dopri5 and Tsit5 are 7-stage FSAL ("first same as last") methods:
 the last stage of a step is the derivative at its end point, reused as the first stage of the next
-step. diffrax, left to itself, (a) spends 2 evaluations choosing the first step size and
-(b) evaluates the first stage again on the first step and after every rejection of it, so its
-step statistics do not determine the count. We therefore
-  1. evaluate f0 = f(t0, y0) ourselves and choose dt0 with the Hairer–Norsett–Wanner heuristic,
-     which needs one more evaluation (f at t0 + h0);
-  2. hand f0 to diffrax as the FSAL solver state, so that every attempted step, accepted or
-     rejected, costs exactly `stages - 1` new evaluations.
-Hence NFE = 2 + (stages - 1) * num_steps, with num_steps counting rejected steps too. A test counts
-the real evaluations with a callback and checks this formula.
+step. diffrax, left to itself, evaluates the first stage lazily on the first step, and again after
+every rejection of it, so its step statistics alone do not determine the count. We therefore
+evaluate f0 = f(t0, y0) ourselves and hand it to diffrax as the FSAL solver state; every attempted
+step, accepted or rejected, then costs exactly `stages - 1` new evaluations:
+    NFE = 1 + (stages - 1) * num_steps,   num_steps counting rejected steps too.
+The first step is a fixed 1% of the interval, a Python float: a data-dependent (traced) dt0 would
+make diffrax insert a host-callback sign check into the graph, and diffrax's own dt0=None
+heuristic silently falls back to a constant 0.01 for time-reversed solves anyway. The PID
+controller corrects a poor first guess within a few steps. A test counts real evaluations with
+a callback and checks this formula.
 
 Failure is reported in-graph: with throw=False diffrax sets a result code instead of raising
 through a host callback, and we turn an unsuccessful solve (max_steps reached) into NaNs.
@@ -43,13 +44,12 @@ VectorField = Callable[[Array, PyTree], PyTree]
 class SolverSpec(NamedTuple):
     make: Callable[[], diffrax.AbstractAdaptiveSolver]
     new_evals_per_step: int  # stages minus the FSAL-reused one
-    error_order: int  # order of the embedded error estimate, for the first-step heuristic
 
 
 ADAPTIVE_SOLVERS: dict[str, SolverSpec] = {
-    "dopri5": SolverSpec(diffrax.Dopri5, 6, 5),  # scipy's RK45 tableau
-    "tsit5": SolverSpec(diffrax.Tsit5, 6, 5),
-    "bosh3": SolverSpec(diffrax.Bosh3, 3, 3),  # scipy's RK23 tableau
+    "dopri5": SolverSpec(diffrax.Dopri5, 6),  # scipy's RK45 tableau
+    "tsit5": SolverSpec(diffrax.Tsit5, 6),
+    "bosh3": SolverSpec(diffrax.Bosh3, 3),  # scipy's RK23 tableau
 }
 
 
@@ -69,30 +69,13 @@ class AdaptiveSolution(NamedTuple):
     ok: Array  # bool, the solve reached t1 within max_steps
 
 
-def _rms(tree) -> Array:
+def per_example_max_rms(tree) -> Array:
+    """max over examples of the RMS of that example's scaled error (leaves are [B, ...])."""
     leaves = jax.tree_util.tree_leaves(tree)
-    total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
-    size = sum(leaf.size for leaf in leaves)
-    return jnp.sqrt(total / size)
-
-
-def _initial_step(vector_field, t0, t1, y0, f0, rtol, atol, error_order):
-    """Hairer, Norsett & Wanner (Solving ODEs I, II.4) starting step; one evaluation."""
-    direction = 1.0 if t1 > t0 else -1.0
-    scale = jax.tree_util.tree_map(lambda y: atol + rtol * jnp.abs(y), y0)
-    ratio = lambda a: jax.tree_util.tree_map(jnp.divide, a, scale)  # noqa: E731
-    d0, d1 = _rms(ratio(y0)), _rms(ratio(f0))
-    tiny = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.where(tiny, 1e-6, 0.01 * d0 / jnp.where(tiny, 1.0, d1))
-    y1 = jax.tree_util.tree_map(lambda y, f: y + direction * h0 * f, y0, f0)
-    f1 = vector_field(t0 + direction * h0, y1)
-    d2 = _rms(ratio(jax.tree_util.tree_map(jnp.subtract, f1, f0))) / h0
-    d_max = jnp.maximum(d1, d2)
-    h1 = jnp.where(
-        d_max <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / d_max) ** (1.0 / error_order)
-    )
-    h = jnp.minimum(jnp.minimum(100.0 * h0, h1), abs(t1 - t0))
-    return direction * h
+    batch = leaves[0].shape[0]
+    squares = sum(jnp.sum(jnp.reshape(leaf, (batch, -1)) ** 2, axis=-1) for leaf in leaves)
+    size = sum(leaf.size // batch for leaf in leaves)
+    return jnp.sqrt(jnp.max(squares) / size)
 
 
 def solve_adaptive(
@@ -106,19 +89,27 @@ def solve_adaptive(
     atol: float = 1e-5,
     max_steps: int = 4096,
 ) -> AdaptiveSolution:
-    """Integrates dy/dt = vector_field(t, y) from t0 to t1 (either direction), in-graph."""
+    """Integrates dy/dt = vector_field(t, y) from t0 to t1 (either direction), in-graph.
+
+    Every leaf of y has the batch as its leading axis. All examples share one step sequence, and
+    the step is accepted only if *every* example meets rtol/atol (the max over examples of each
+    example's RMS error; score_sde's flattened solve used the RMS over the whole batch, which lets
+    a few hard examples, e.g. outliers in a likelihood batch, be under-resolved). Under batch
+    sharding the max is a scalar all-reduce per step, never a gather.
+    """
     spec = get_solver_spec(solver)
     t0, t1 = float(t0), float(t1)
     f0 = vector_field(jnp.float32(t0), y0)
-    dt0 = _initial_step(vector_field, t0, t1, y0, f0, rtol, atol, spec.error_order)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
         spec.make(),
         t0=t0,
         t1=t1,
-        dt0=dt0,
+        dt0=0.01 * (t1 - t0),
         y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=diffrax.PIDController(
+            rtol=rtol, atol=atol, norm=per_example_max_rms
+        ),
         saveat=diffrax.SaveAt(t1=True),
         max_steps=int(max_steps),
         # (first_step=False, f0): the FSAL slot is already valid, see the module docstring.
@@ -128,7 +119,7 @@ def solve_adaptive(
     ok = sol.result == diffrax.RESULTS.successful
     y = jax.tree_util.tree_map(lambda ys: jnp.where(ok, ys[-1], jnp.nan), sol.ys)
     num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
-    nfe = 2 + spec.new_evals_per_step * num_steps
+    nfe = 1 + spec.new_evals_per_step * num_steps
     return AdaptiveSolution(y=y, nfe=nfe, num_steps=num_steps, ok=ok)
 
 
@@ -147,9 +138,8 @@ def ode_adaptive(
 ) -> SampleResult:
     """Adaptive PF-ODE solve from a prior draw at T to eps. NFE from the step count (+1 denoise).
 
-    The error norm is the RMS over the whole batch, so all examples share one step-size
-    sequence (as in score_sde's flattened solve_ivp); under batch sharding that is a scalar
-    all-reduce per step, never a gather of x.
+    All examples share one step-size sequence, accepted when every example meets the tolerance
+    (see `solve_adaptive`).
     """
     eps = resolve_eps(sde, eps)
     x_T = sde.prior_sample(rng, shape)

@@ -10,7 +10,9 @@ one is.
   cost 2N - 1 evaluations; the one Euler step is a local O(h^2) error and does not lower the
   global order.
 
-(Euler in the variables (x / alpha, sigma / alpha) rather than (x, t) is DDIM; see `ddim.py`.)
+(Euler in the variables (x / alpha, sigma / alpha) rather than (x, t) is DDIM; see
+`ddim_sampler.py`. It is much more accurate per step, especially for VE, whose PF-ODE in t is
+far from straight: prefer `dpm_solver` for few steps.)
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Every grid is a decreasing array t_0 = T > t_1 > ... > t_N = eps of N + 1 times,
 
 - "uniform": uniform in t (score_sde's choice for its SDE samplers).
 - "edm": Karras et al. (2022)'s rho schedule in the noise-to-signal ratio sigma~ = sigma / alpha,
-  sigma~_i = (sigma~_max^(1/rho) + i/N (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho, mapped back to
-  t through the SDE. For VE sigma~ is sigma itself; for the VP family sigma~ = exp(-log_snr / 2), so
-  the mapping goes through `sde.t_from_log_snr`, which is how one schedule serves all three SDEs.
+  sigma~_i = (sigma~_max^(1/rho) + i/N (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho, mapped
+  back to t through the SDE. For VE sigma~ is sigma itself; for the VP family
+  sigma~ = exp(-log_snr / 2), so the mapping goes through `sde.t_from_log_snr`, which is how one
+  schedule serves all three SDEs.
   (EDM indexes N points with i/(N-1); we index N + 1 points, hence i/N.)
 - "log_snr": uniform in log-SNR, DPM-Solver's default, where its exponential integrator's step
   h = lambda_{i+1} - lambda_i is constant.

@@ -12,9 +12,10 @@ Derivation (ours, so that the coefficients can be checked). Write lambda = log(a
 Every linear SDE satisfies g^2 = d sigma^2/dt - 2 f sigma^2, under which the PF-ODE becomes
     d(x / sigma) / d lambda = e^lambda D(lambda),
 so, exactly, from lambda_i to lambda_{i+1} = lambda_i + h,
-    x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int_{lambda_i}^{lambda_{i+1}} e^lambda D dlambda.
-Expanding D to second order around lambda_i and integrating term by term (u = lambda_{i+1} - lambda),
-    sigma_{i+1} int e^lambda (lambda - lambda_i)^k / k! dlambda = alpha_{i+1} int_0^h e^-u (h-u)^k / k! du,
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int_{lambda_i}^{lambda_i + h} e^lambda D.
+Expanding D to second order around lambda_i and integrating term by term
+(u = lambda_{i+1} - lambda, and sigma_{i+1} e^lambda_{i+1} = alpha_{i+1}),
+    sigma_{i+1} int e^lambda (lambda - lambda_i)^k / k! = alpha_{i+1} int_0^h e^-u (h-u)^k / k! du,
 which gives
     x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} (c0 D_i + c1 D'_i + c2 D''_i),
     c0 = 1 - e^-h,  c1 = h - 1 + e^-h,  c2 = h^2/2 - h + 1 - e^-h.
