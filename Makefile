@@ -23,6 +23,8 @@ install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/python -m diffjax.main --config=configs/digits.py --workdir=$(WORKDIR)
+	$(BIN)/python -m diffjax.main --config=configs/digits.py --workdir=$(WORKDIR) --mode=eval \
+		--config.eval.checkpoints=latest
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist=loadfile tests
