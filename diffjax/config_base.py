@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     training.async_checkpointing = True
     training.num_sample_images = 64  # size of the sample grids written during training
     training.ema_decay = 0.9999
+    training.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
     training.eps = 1e-5  # smallest training time
     training.likelihood_weighting = False
     training.reduce_mean = False  # mean (True) or sum (False) over pixels, as score_sde

@@ -68,3 +68,16 @@ def test_noise_conditioning_is_time_for_vp_and_log_sigma_for_ve():
     t = jnp.array([0.25, 0.5])
     np.testing.assert_allclose(noise_conditioning(VPSDE(), t), 999 * t)
     np.testing.assert_allclose(noise_conditioning(VESDE(), t), jnp.log(VESDE().sigma(t)), rtol=1e-6)
+
+
+def test_ema_warmup_reaches_the_configured_decay():
+    import ml_collections
+
+    from diffjax.training.step import ema_decay
+
+    config = ml_collections.ConfigDict(dict(ema_decay=0.999, ema_warmup=True))
+    assert float(ema_decay(config, jnp.asarray(0))) == pytest.approx(0.1)
+    assert float(ema_decay(config, jnp.asarray(2000))) == pytest.approx(2001 / 2010)
+    assert float(ema_decay(config, jnp.asarray(100_000))) == pytest.approx(0.999)
+    config.ema_warmup = False
+    assert float(ema_decay(config, jnp.asarray(0))) == pytest.approx(0.999)
