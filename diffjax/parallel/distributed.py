@@ -4,6 +4,11 @@ Order of precedence: explicit settings (DIFFJAX_COORDINATOR_ADDRESS, DIFFJAX_NUM
 DIFFJAX_PROCESS_ID, set by `launch/local.sh` or the --coordinator_address/... flags of main), then
 JAX's own cluster detection (TPU VM metadata, SLURM, Open MPI, GKE), which `initialize()` with no
 arguments performs. A single process on a workstation needs none of it.
+
+DIFFJAX_DISTRIBUTED=auto (set by launch/tpu_vm.sh, xpk.sh, slurm.sbatch) asks for that detection
+even where diffjax sees no sign of a cluster: a TPU VM slice names its workers only in the GCE
+metadata server. DIFFJAX_LOCAL_DEVICE_IDS=0,1,... gives one process several local GPUs (SLURM
+with one task per node); JAX's SLURM detection otherwise assumes one GPU per task.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ _ENV_ADDRESS = "DIFFJAX_COORDINATOR_ADDRESS"
 _ENV_NUM = "DIFFJAX_NUM_PROCESSES"
 _ENV_ID = "DIFFJAX_PROCESS_ID"
 _ENV_CPU_COLLECTIVES = "DIFFJAX_CPU_COLLECTIVES"
+_ENV_AUTO = "DIFFJAX_DISTRIBUTED"
+_ENV_LOCAL_DEVICES = "DIFFJAX_LOCAL_DEVICE_IDS"
 
 
 def _on_cluster() -> bool:
     """True where JAX's auto-detection will find peers (TPU pod slice, SLURM job, ...)."""
+    if os.environ.get(_ENV_AUTO) == "auto":
+        return True
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return True
     if os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
@@ -39,8 +48,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                               os.environ[_ENV_CPU_COLLECTIVES])
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
+        if os.environ.get(_ENV_CPU_COLLECTIVES):
+            # XLA:CPU cache keys differ between processes and only process 0 writes entries, so
+            # on a rerun process 0 loads its programs in seconds while the others compile for
+            # minutes, and gloo abandons a collective after 30 s of such skew. Compiling
+            # everywhere keeps the processes in step.
+            jax.config.update("jax_enable_compilation_cache", False)
     elif _on_cluster():
-        jax.distributed.initialize()
+        local = os.environ.get(_ENV_LOCAL_DEVICES)
+        jax.distributed.initialize(
+            local_device_ids=[int(i) for i in local.split(",")] if local else None)
     else:
         return
     logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())

@@ -18,7 +18,8 @@ from diffjax.parallel.mesh import BATCH_AXES
 
 Rules = Sequence[tuple[str, Any]]
 
-# FSDP shards the "wide" dimension of every weight; tensor parallelism splits heads and MLP width.
+# FSDP shards the "wide" dimension of each weight (mesh_spec_for picks one where no rule does);
+# tensor parallelism splits heads and MLP width.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
@@ -48,7 +49,12 @@ def _mesh_axes_size(mesh: Mesh, axes) -> int:
 
 def mesh_spec_for(logical: PartitionSpec | None, shape: Sequence[int], mesh: Mesh,
                   rules: Rules) -> PartitionSpec:
-    """The mesh PartitionSpec of one array, replicating dimensions the mesh axes do not divide."""
+    """The mesh PartitionSpec of one array, replicating dimensions the mesh axes do not divide.
+
+    FSDP must cut every weight, also those whose logical names have no fsdp rule (the noise
+    embedding's MLP, biases): such an array is split along its largest dimension that fsdp divides
+    and no other mesh axis splits, so per-device state memory falls as 1/fsdp.
+    """
     if logical is None or len(logical) == 0:
         return PartitionSpec()
     mesh_axes = nn.logical_to_mesh_axes(tuple(logical), rules)
@@ -56,6 +62,11 @@ def mesh_spec_for(logical: PartitionSpec | None, shape: Sequence[int], mesh: Mes
     for dim, axes in zip(shape, mesh_axes):
         size = _mesh_axes_size(mesh, axes)
         fitted.append(axes if size > 1 and dim % size == 0 else None)
+    used = {a for axes in fitted if axes for a in ((axes,) if isinstance(axes, str) else axes)}
+    fsdp = mesh.shape.get("fsdp", 1)
+    free = [i for i, dim in enumerate(shape) if fitted[i] is None and dim % fsdp == 0]
+    if fsdp > 1 and "fsdp" not in used and free:
+        fitted[max(free, key=lambda i: shape[i])] = "fsdp"
     return PartitionSpec(*fitted)
 
 

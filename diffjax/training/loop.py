@@ -217,7 +217,10 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     if t_cfg.profile_first_step >= 0 and is_chief:
         hooks.append(periodic_actions.Profile(
             logdir=os.path.join(workdir, "profile"), first_profile=t_cfg.profile_first_step,
-            num_profile_steps=t_cfg.profile_num_steps))
+            num_profile_steps=t_cfg.profile_num_steps,
+            # Steps alone bound the trace: clu's defaults also keep it open for at least 3 s (a
+            # fast run ended with the trace never written) and start another every hour.
+            profile_duration_ms=None, every_secs=None))
 
     last_saved = latest
     pending_metrics: list[dict] = []
@@ -258,6 +261,9 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 logging.warning("Preempted: checkpoint saved at step %d.", step)
                 break
     finally:
+        if t_cfg.profile_first_step >= 0 and is_chief:
+            with contextlib.suppress(RuntimeError):  # training ended inside the traced steps
+                jax.profiler.stop_trace()
         checkpointer.wait()
         checkpointer.close()
         writer.flush()
