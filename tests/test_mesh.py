@@ -30,10 +30,13 @@ def mesh_config(**sizes) -> ml_collections.ConfigDict:
     return config
 
 
+CACHE = "from diffjax import runtime; runtime.enable_compilation_cache()\n"
+
+
 def run_script(script: str, *args: str, devices: int = 8, timeout: float = 900) -> dict:
     """Runs `script` with `devices` simulated CPU devices; returns the JSON it prints last."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), REPO, *args],
+    result = subprocess.run([sys.executable, "-c", CACHE + textwrap.dedent(script), REPO, *args],
                             cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
