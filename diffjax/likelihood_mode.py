@@ -18,16 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffjax.data.pipeline import data_source
+from diffjax.data.pipeline import data_source, read_records
 from diffjax.likelihood import likelihood_fn
+from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
-from diffjax.training.checkpointing import Checkpointer
+from diffjax.sample_mode import checkpoint_sampling_params, network_context, open_checkpoints
 from diffjax.training.loop import build_experiment
 from diffjax.training.step import score_fn_for
 
 
 def _local_batches(config, split: str, global_batch: int, max_examples: int):
-    """(uint8 images, labels, valid mask) for this process's slice of each ordered global batch."""
+    """(records, valid mask) for this process's slice of each ordered global batch."""
     source = data_source(config.data, split)
     total = len(source) if max_examples <= 0 else min(max_examples, len(source))
     local = global_batch // jax.process_count()
@@ -35,22 +36,18 @@ def _local_batches(config, split: str, global_batch: int, max_examples: int):
     for begin in range(0, total, global_batch):
         indices = np.arange(begin + start, begin + start + local)
         valid = indices < total
-        records = source.__getitems__([int(i) if ok else 0 for i, ok in zip(indices, valid)])
-        images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-        labels = np.asarray([int(r.get("label", 0)) for r in records], np.int32)
-        yield images, labels, valid
+        yield read_records(source, np.where(valid, indices, 0)), valid
 
 
 def evaluate_likelihood(config, workdir: str) -> dict:
     experiment = build_experiment(config)
     e_cfg, s_cfg = config.eval, config.sampling
-    parallel = math.prod(experiment.mesh.shape[a] for a in ("data", "fsdp"))
+    parallel = batch_axis_size(experiment.mesh)
     global_batch = -(-e_cfg.likelihood_batch_size // parallel) * parallel
-    checkpointer = Checkpointer(workdir)
-    state, _ = checkpointer.restore(experiment.spec)
+    checkpointer = open_checkpoints(workdir)
+    step = checkpointer.latest_step()
+    params = checkpoint_sampling_params(experiment, checkpointer, step, s_cfg.use_ema)
     checkpointer.close()
-    step = int(jax.device_get(state.step))
-    params = state.ema_params if s_cfg.use_ema else state.params
     data_range = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
     lo, hi = data_range
 
@@ -68,11 +65,13 @@ def evaluate_likelihood(config, workdir: str) -> dict:
     base = jax.random.fold_in(jax.random.key(config.seed), 0x11CE)
     bpds, nfes = [], []
     start_time = time.perf_counter()
-    for index, (images, labels, valid) in enumerate(
-            _local_batches(config, e_cfg.likelihood_split, global_batch,
-                           e_cfg.likelihood_max_examples)):
-        arrays = [jax.make_array_from_process_local_data(sharding, a) for a in (images, labels)]
-        bpd, nfe = batch_bpd(params, *arrays, jax.random.fold_in(base, index))
+    batches = _local_batches(config, e_cfg.likelihood_split, global_batch,
+                             e_cfg.likelihood_max_examples)
+    for index, (records, valid) in enumerate(batches):
+        arrays = [jax.make_array_from_process_local_data(sharding, records[k])
+                  for k in ("image", "label")]
+        with network_context(experiment):
+            bpd, nfe = batch_bpd(params, *arrays, jax.random.fold_in(base, index))
         bpd = multihost_utils.process_allgather(bpd, tiled=True)
         mask = multihost_utils.process_allgather(jnp.asarray(valid), tiled=True)
         bpds.append(np.asarray(bpd)[np.asarray(mask)])

@@ -79,7 +79,7 @@ def check_image_shape(data_config, source) -> None:
         )
 
 
-def _read_records(source, indices: np.ndarray) -> dict[str, np.ndarray]:
+def read_records(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     records = source.__getitems__([int(i) for i in indices])
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r.get("label", 0)) for r in records], np.int32)
@@ -103,7 +103,7 @@ class TrainLoader:
         source = self.source
 
         def read_local_slice(global_indices: np.ndarray) -> dict[str, np.ndarray]:
-            return _read_records(source, global_indices[start:start + local])
+            return read_records(source, global_indices[start:start + local])
 
         dataset = (
             grain.MapDataset.range(len(self.source))
@@ -135,4 +135,4 @@ def iterate_split(data_config, split: str, batch_size: int, *, process_index: in
     check_image_shape(data_config, source)
     indices = np.arange(len(source))[process_index::process_count]
     for begin in range(0, len(indices), batch_size):
-        yield _read_records(source, indices[begin:begin + batch_size])
+        yield read_records(source, indices[begin:begin + batch_size])
