@@ -68,8 +68,8 @@ class BareStep:
         import numpy as np
 
         from diffjax.parallel.sharding import batch_sharding, replicated
-        from diffjax.training.loop import build_experiment, example_input
-        from diffjax.training.state import create_state
+        from diffjax.experiment import build_experiment, example_input
+        from diffjax.train_state import create_state
         from diffjax.training.step import make_train_step
         from diffjax.training.throughput import compiled_flops
 
@@ -153,8 +153,8 @@ def fsdp_memory(config_spec: str) -> dict:
     import jax
 
     from diffjax.parallel.sharding import per_device_bytes
-    from diffjax.training.loop import build_experiment, example_input
-    from diffjax.training.state import create_state
+    from diffjax.experiment import build_experiment, example_input
+    from diffjax.train_state import create_state
 
     report = {}
     for fsdp in (1, 2, 4, 8):

@@ -1,4 +1,5 @@
-"""The jitted sampling function shared by training (grids), `--mode=sample` and evaluation.
+"""The jitted sampling function shared by training (grids), `--mode=sample` and evaluation, and
+`draw_batch`, which turns one call of it into uint8 images on every process.
 
 `make_generate_fn` returns `generate(params, rng, labels) -> (samples, nfe)`; the batch of noise
 is created sharded over the data axes of the mesh, so the whole sampler runs data-parallel and
@@ -11,13 +12,16 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from diffjax import data as data_lib
 from diffjax import sampling
+from diffjax.experiment import score_fn_for
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.sde import LinearSDE
-from diffjax.training.step import score_fn_for
 
 
 def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
@@ -63,3 +67,17 @@ def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:
     if not config.model.conditional:
         return None
     return jax.random.randint(rng, (batch_size,), 0, config.data.num_classes, jnp.int32)
+
+
+def draw_batch(config, generate, params, rng: jax.Array, batch_size: int
+               ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(uint8 images [B, H, W, C], int32 labels [B] or None, NFE), the same on every process."""
+    sample_rng, label_rng = jax.random.split(rng)
+    labels = sample_labels(config, label_rng, batch_size)
+    samples, nfe = generate(params, sample_rng, labels)
+    # Each process holds only its devices' rows; tiled gathering rebuilds the global batch.
+    samples = multihost_utils.process_allgather(samples, tiled=True)
+    pixels = data_lib.from_model_range(samples, centered=config.data.centered,
+                                       dequantize=config.data.dequantize)
+    labels = None if labels is None else np.asarray(labels, np.int32)
+    return pixels, labels, int(jax.device_get(nfe))

@@ -9,12 +9,12 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffjax import cli_errors, run
+from diffjax import cli_errors, modes
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with an argument: "
                                 "configs/digits.py:test.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, samples and reports.")
-flags.DEFINE_enum("mode", "train", sorted(run.MODES), "What to do.")
+flags.DEFINE_enum("mode", "train", sorted(modes.MODES), "What to do.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host on CPU/GPU "
                     "without a cluster manager); TPU pods and SLURM are detected automatically.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -30,7 +30,7 @@ def main(argv):
         os.environ["DIFFJAX_COORDINATOR_ADDRESS"] = FLAGS.coordinator_address
         os.environ["DIFFJAX_NUM_PROCESSES"] = str(FLAGS.num_processes)
         os.environ["DIFFJAX_PROCESS_ID"] = str(FLAGS.process_id)
-    run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    modes.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 
 if __name__ == "__main__":

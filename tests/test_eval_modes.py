@@ -117,7 +117,7 @@ def test_eval_reruns_do_nothing_new(evaluated, stats_dir):
 
 
 def test_eval_rejects_missing_checkpoints(trained, digits_config, tmp_path):
-    from diffjax.evaluation.evaluate import evaluate
+    from diffjax.modes.evaluate import evaluate
 
     config = digits_config("test")
     config.eval.checkpoints = "4,6"
@@ -129,7 +129,7 @@ def test_eval_rejects_missing_checkpoints(trained, digits_config, tmp_path):
 
 
 def test_interrupted_eval_resumes_to_the_same_fid(evaluated, stats_dir, digits_config, tmp_path):
-    from diffjax.evaluation.evaluate import evaluate
+    from diffjax.modes.evaluate import evaluate
 
     workdir, _ = evaluated
     config = digits_config("test")
@@ -164,7 +164,7 @@ def test_sample_mode_writes_grid_and_arrays(trained):
 
 
 def test_select_steps():
-    from diffjax.evaluation.evaluate import select_steps
+    from diffjax.modes.evaluate import select_steps
 
     assert select_steps("all", [3, 6, 9], {6}) == [3, 9]
     assert select_steps("latest", [3, 6, 9], {9}) == [9]
@@ -190,7 +190,7 @@ class FakeTraining:
 
 
 def test_watch_evaluates_checkpoints_as_they_appear_until_the_final_step():
-    from diffjax.evaluation.evaluate import watch_steps
+    from diffjax.modes.evaluate import watch_steps
 
     training = FakeTraining({0: 100, 50: 200, 55: 300, 400: 400})
     seen = []
@@ -204,7 +204,7 @@ def test_watch_evaluates_checkpoints_as_they_appear_until_the_final_step():
 
 
 def test_watch_gives_up_after_the_timeout():
-    from diffjax.evaluation.evaluate import watch_steps
+    from diffjax.modes.evaluate import watch_steps
 
     training = FakeTraining({0: 100})
     seen = []

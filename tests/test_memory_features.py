@@ -68,8 +68,8 @@ def build(config):
     from diffjax.parallel.mesh import create_mesh
     from diffjax.parallel.sharding import rules_from_config
     from diffjax.sde import get_sde
-    from diffjax.training.loop import example_input
-    from diffjax.training.state import create_state, state_spec
+    from diffjax.experiment import example_input
+    from diffjax.train_state import create_state, state_spec
 
     mesh = create_mesh(config.mesh, jax.devices()[:1])
     rules = rules_from_config(config.mesh)
@@ -159,7 +159,8 @@ def manual_loss_and_grad(config, microbatches: int):
     when k == 1.
     """
     from diffjax import losses
-    from diffjax.training.step import model_input, score_fn_for
+    from diffjax.experiment import score_fn_for
+    from diffjax.training.step import model_input
 
     model, sde, _, state, mesh, rules = build(config)
     batch, t = fixed_batch(config), config.training

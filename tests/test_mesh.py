@@ -194,8 +194,8 @@ FSDP_SCRIPT = r"""
     import importlib.util, json, os, sys
     import jax
     from diffjax.parallel.sharding import per_device_bytes
-    from diffjax.training.loop import build_experiment, example_input
-    from diffjax.training.state import create_state
+    from diffjax.experiment import build_experiment, example_input
+    from diffjax.train_state import create_state
 
     spec = importlib.util.spec_from_file_location(
         "cfg", os.path.join(sys.argv[1], "configs", "digits.py"))
@@ -235,8 +235,9 @@ def test_fsdp_divides_state_memory(fsdp_memory, variant, fsdp):
 RESHARD_SCRIPT = r"""
     import importlib.util, json, os, sys
     import jax, numpy as np
-    from diffjax.training.checkpointing import Checkpointer
-    from diffjax.training.loop import build_experiment, train
+    from diffjax.checkpointing import Checkpointer
+    from diffjax.experiment import build_experiment
+    from diffjax.training.loop import train
 
     spec = importlib.util.spec_from_file_location(
         "cfg", os.path.join(sys.argv[1], "configs", "digits.py"))

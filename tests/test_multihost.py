@@ -72,8 +72,8 @@ def restore_final_state(digits_config, workdir: str):
     """The final checkpoint restored onto this process's single device (every leaf must load)."""
     import jax
 
-    from diffjax.training.checkpointing import Checkpointer
-    from diffjax.training.loop import build_experiment
+    from diffjax.checkpointing import Checkpointer
+    from diffjax.experiment import build_experiment
 
     config = digits_config(VARIANT)
     config.mesh.data, config.mesh.fsdp = 1, 1

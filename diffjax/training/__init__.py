@@ -1,1 +1,2 @@
-"""Training: state, optimizer, the jitted step, checkpoints and the loop."""
+"""Training: the jitted step, throughput accounting and the loop (state, optimizer and checkpoints
+live below the modes, in diffjax.train_state, diffjax.optimizer and diffjax.checkpointing)."""

@@ -9,14 +9,12 @@ process takes part in checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,54 +24,19 @@ from jax.sharding import Mesh
 
 from diffjax import data as data_lib
 from diffjax import images
+from diffjax.experiment import Experiment, build_experiment, example_input
 from diffjax.generation import make_generate_fn
 from diffjax.guidance import grid_labels
-from diffjax.models import build_model
-from diffjax.parallel.mesh import batch_axis_size, create_mesh
-from diffjax.parallel.sharding import batch_sharding, replicated, rules_from_config
-from diffjax.sde import LinearSDE, get_sde
-from diffjax.training.checkpointing import Checkpointer
-from diffjax.training.optimizer import make_optimizer
-from diffjax.training.state import (ShardedStateSpec, TrainState, count_params, create_state,
-                                    state_spec)
+from diffjax.parallel.mesh import batch_axis_size
+from diffjax.parallel.sharding import batch_sharding, replicated
+from diffjax.checkpointing import Checkpointer
+from diffjax.train_state import TrainState, count_params, create_state
 from diffjax.training.step import make_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/Inf; the message names the step and the fixes."""
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything built from a config, for the loop, sampling, evaluation and notebooks."""
-
-    config: Any
-    mesh: Mesh
-    rules: tuple
-    model: nn.Module
-    sde: LinearSDE
-    optimizer: Any
-    spec: ShardedStateSpec
-
-    def example_input(self) -> tuple:
-        return example_input(self.config)
-
-
-def example_input(config) -> tuple:
-    d = config.data
-    x = jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32) if config.model.conditional else None
-    return x, jnp.zeros((1,), jnp.float32), labels
-
-
-def build_experiment(config, devices=None) -> Experiment:
-    mesh = create_mesh(config.mesh, devices)
-    rules = rules_from_config(config.mesh)
-    model = build_model(config)
-    optimizer = make_optimizer(config.optim)
-    spec = state_spec(model, optimizer, example_input(config), mesh, rules)
-    return Experiment(config, mesh, rules, model, get_sde(config.sde), optimizer, spec)
 
 
 def check_batch_size(config, mesh: Mesh) -> None:
@@ -201,8 +164,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     generate = make_generate_fn(config, experiment.model, experiment.sde, mesh,
                                 t_cfg.num_sample_images)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
-    context.enter_context(jax.set_mesh(mesh))
-    context.enter_context(nn.logical_axis_rules(experiment.rules))
+    context.enter_context(experiment.activate())
     first_batch = global_batch(next(loader), batch_spec)
     compile_start = time.perf_counter()
     compiled_step = train_step.lower(state, first_batch).compile()

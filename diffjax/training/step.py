@@ -17,31 +17,9 @@ import optax
 
 from diffjax import losses
 from diffjax.data.pixels import to_model_range
-from diffjax.guidance import classifier_free_guidance
-from diffjax.score import make_score_fn
+from diffjax.experiment import score_fn_for
 from diffjax.sde import LinearSDE
-from diffjax.training.state import TrainState
-
-
-def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | None = None):
-    """`net(x_in, noise_cond, labels)` for the score module, with parameters bound."""
-
-    def net(x_in, noise_cond, labels):
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        return model.apply({"params": params}, x_in, noise_cond, labels, train=train, rngs=rngs)
-
-    return net
-
-
-def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
-                 dropout_rng=None, guidance_scale: float = 0.0):
-    """The score function of `params`, with the configured parameterisation and guidance."""
-    net = network(model, params, train=train, dropout_rng=dropout_rng)
-    if guidance_scale and labels is not None:
-        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
-    return make_score_fn(
-        sde, net, parameterization=config.model.parameterization,
-        sigma_data=config.model.sigma_data if config.model.scale_input else None, labels=labels)
+from diffjax.train_state import TrainState
 
 
 def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:

@@ -45,11 +45,9 @@ from diffjax.evaluation.inception import inception_features, inception_features_
 from diffjax.evaluation.inception_weights import load_inception_params
 from diffjax.evaluation.stats import (ReferenceStatistics, local_inception_mesh,
                                       reference_statistics)
-from diffjax.generation import make_generate_fn
-from diffjax.sample_mode import (checkpoint_sampling_params, draw_batch, network_context,
-                                 open_checkpoints)
-from diffjax.training.checkpointing import Checkpointer
-from diffjax.training.loop import build_experiment
+from diffjax.checkpointing import Checkpointer
+from diffjax.experiment import build_experiment, open_checkpoints, restore_params
+from diffjax.generation import draw_batch, make_generate_fn
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
 EVAL_SALT = 0x5A5
@@ -302,8 +300,8 @@ class Evaluator:
                        store: ChunkStore | None, chunks: list[dict]) -> None:
         """Draws chunks [first, last) on every process; process 0 saves and keeps them."""
         config, chief = self.config, _is_chief()
-        with network_context(self.experiment):
-            params = checkpoint_sampling_params(self.experiment, self.checkpointer, step,
+        with self.experiment.activate():
+            params = restore_params(self.experiment, self.checkpointer, step,
                                                 config.sampling.use_ema)
             base = jax.random.fold_in(jax.random.key(config.seed), EVAL_SALT)
             progress = tqdm(total=sum(sizes), initial=sum(sizes[:first]), unit="img",

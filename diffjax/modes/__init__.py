@@ -1,4 +1,7 @@
-"""Modes of `python -m diffjax.main`, by name. Each takes (config, workdir) and returns a summary."""
+"""Modes of `python -m diffjax.main`, by name. Each takes (config, workdir) and returns a summary.
+
+Each mode is imported only when it runs, so `--mode=sample` never loads the training loop.
+"""
 
 from __future__ import annotations
 
@@ -24,19 +27,19 @@ def _fid_stats(config, workdir: str) -> dict[str, Any]:
 
 
 def _eval(config, workdir: str) -> dict[int, dict]:
-    from diffjax.evaluation.evaluate import evaluate
+    from diffjax.modes.evaluate import evaluate
 
     return evaluate(config, workdir)
 
 
 def _sample(config, workdir: str) -> dict[str, Any]:
-    from diffjax.sample_mode import sample
+    from diffjax.modes.sample import sample
 
     return sample(config, workdir)
 
 
 def _likelihood(config, workdir: str) -> dict[str, Any]:
-    from diffjax.likelihood_mode import evaluate_likelihood
+    from diffjax.modes.likelihood import evaluate_likelihood
 
     return evaluate_likelihood(config, workdir)
 

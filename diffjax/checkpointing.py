@@ -13,7 +13,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from diffjax.training.state import ShardedStateSpec, TrainState
+from diffjax.train_state import ShardedStateSpec, TrainState
 
 
 class Checkpointer:

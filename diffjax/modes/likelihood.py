@@ -22,9 +22,7 @@ from diffjax.data.pipeline import data_source, read_records
 from diffjax.likelihood import likelihood_fn
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
-from diffjax.sample_mode import checkpoint_sampling_params, network_context, open_checkpoints
-from diffjax.training.loop import build_experiment
-from diffjax.training.step import score_fn_for
+from diffjax.experiment import build_experiment, open_checkpoints, restore_params, score_fn_for
 
 
 def _local_batches(config, split: str, global_batch: int, max_examples: int):
@@ -46,7 +44,7 @@ def evaluate_likelihood(config, workdir: str) -> dict:
     global_batch = -(-e_cfg.likelihood_batch_size // parallel) * parallel
     checkpointer = open_checkpoints(workdir)
     step = checkpointer.latest_step()
-    params = checkpoint_sampling_params(experiment, checkpointer, step, s_cfg.use_ema)
+    params = restore_params(experiment, checkpointer, step, s_cfg.use_ema)
     checkpointer.close()
     data_range = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
     lo, hi = data_range
@@ -70,7 +68,7 @@ def evaluate_likelihood(config, workdir: str) -> dict:
     for index, (records, valid) in enumerate(batches):
         arrays = [jax.make_array_from_process_local_data(sharding, records[k])
                   for k in ("image", "label")]
-        with network_context(experiment):
+        with experiment.activate():
             bpd, nfe = batch_bpd(params, *arrays, jax.random.fold_in(base, index))
         bpd = multihost_utils.process_allgather(bpd, tiled=True)
         mask = multihost_utils.process_allgather(jnp.asarray(valid), tiled=True)

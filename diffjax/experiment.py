@@ -1,0 +1,113 @@
+"""The experiment a config describes, and its network bound to parameters: what every mode needs.
+
+`build_experiment(config)` turns a config into the mesh, the network, the diffusion process, the
+optimizer and the abstract (sharded) training state. Training, sampling, evaluation, likelihoods
+and the checkpoint converters all start from it, so they agree on shapes, shardings and on what the
+network's output means.
+
+A network is `net(x_in, noise_cond, labels)`; `network()` binds a module to its parameters and
+`score_fn_for()` turns that into the score function every sampler and loss takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from diffjax.checkpointing import Checkpointer
+from diffjax.guidance import classifier_free_guidance
+from diffjax.models import build_model
+from diffjax.optimizer import make_optimizer
+from diffjax.parallel.mesh import create_mesh
+from diffjax.parallel.sharding import rules_from_config
+from diffjax.score import make_score_fn
+from diffjax.sde import LinearSDE, get_sde
+from diffjax.train_state import ShardedStateSpec, state_spec
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config, for the loop, sampling, evaluation and notebooks."""
+
+    config: Any
+    mesh: Mesh
+    rules: tuple
+    model: nn.Module
+    sde: LinearSDE
+    optimizer: Any
+    spec: ShardedStateSpec
+
+    def example_input(self) -> tuple:
+        return example_input(self.config)
+
+    @contextlib.contextmanager
+    def activate(self):
+        """The mesh and logical-axis rules must be active whenever the network is traced."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+
+def example_input(config) -> tuple:
+    """(x, noise_cond, labels) of batch 1, the shapes a network is initialised with."""
+    d = config.data
+    x = jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32)
+    labels = jnp.zeros((1,), jnp.int32) if config.model.conditional else None
+    return x, jnp.zeros((1,), jnp.float32), labels
+
+
+def build_experiment(config, devices=None) -> Experiment:
+    """`devices` defaults to all devices; tests pass a subset to compare meshes in one process."""
+    mesh = create_mesh(config.mesh, devices)
+    rules = rules_from_config(config.mesh)
+    model = build_model(config)
+    optimizer = make_optimizer(config.optim)
+    spec = state_spec(model, optimizer, example_input(config), mesh, rules)
+    return Experiment(config, mesh, rules, model, get_sde(config.sde), optimizer, spec)
+
+
+def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | None = None):
+    """`net(x_in, noise_cond, labels)` for the module, with parameters bound."""
+
+    def net(x_in, noise_cond, labels):
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        return model.apply({"params": params}, x_in, noise_cond, labels, train=train, rngs=rngs)
+
+    return net
+
+
+def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
+                 dropout_rng=None, guidance_scale: float = 0.0):
+    """The score function of `params`, with the configured parameterisation and guidance."""
+    net = network(model, params, train=train, dropout_rng=dropout_rng)
+    if guidance_scale and labels is not None:
+        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
+    return make_score_fn(
+        sde, net, parameterization=config.model.parameterization,
+        sigma_data=config.model.sigma_data if config.model.scale_input else None, labels=labels)
+
+
+def open_checkpoints(workdir: str) -> Checkpointer:
+    """The workdir's checkpoints, for reading; a clear error when training never ran there."""
+    import os
+
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"No checkpoint in {directory}; train first (--mode=train --workdir={workdir}) or "
+            f"pass the --workdir of a training run.")
+    return Checkpointer(workdir, async_save=False)
+
+
+def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int,
+                   use_ema: bool):
+    """The EMA (or raw) parameters of checkpoint `step`, sharded as in training."""
+    # The whole state is restored (optimizer moments too): it is what the spec describes, and
+    # one restore per evaluated checkpoint is cheap next to sampling.
+    state, _ = checkpointer.restore(experiment.spec, step)
+    return state.ema_params if use_ema else state.params
