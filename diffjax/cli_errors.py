@@ -13,11 +13,17 @@ import sys
 
 from absl import app, flags
 
+from diffjax.checkpointing import CheckpointError
 from diffjax.config_base import base_config
 from diffjax.data.pipeline import DataError
 from diffjax.parallel.mesh import MeshError
+from diffjax.workdir_lock import WorkdirBusyError
 
-USER_ERRORS = (DataError, MeshError, FileNotFoundError, ValueError, FloatingPointError)
+# Errors whose message is the whole story (bad config, data, weights, disk, a second writer);
+# anything else is a bug and keeps its traceback. OSError covers disk, permission and path faults,
+# which are always the environment's.
+USER_ERRORS = (DataError, MeshError, CheckpointError, WorkdirBusyError, OSError, ValueError,
+               FloatingPointError)
 EXIT_BAD_FLAGS = 2
 EXIT_USER_ERROR = 1
 
@@ -64,18 +70,39 @@ def describe_flag_error(error: BaseException, argv: list[str]) -> str:
     return _one_line(text)
 
 
-def run_main(main) -> None:
+HELP_FLAGS = {"-h": False, "-?": False, "--help": False, "--helpshort": False, "--helpfull": True}
+
+
+def print_help(full: bool) -> None:
+    """The module docstring and diffjax's flags (all modules' flags with --helpfull), exit 0."""
+    main_module = sys.modules["__main__"]
+    text = (main_module.__doc__ or "").strip()
+    flag_help = str(flags.FLAGS) if full else flags.FLAGS.main_module_help()
+    sys.stdout.write(f"{text}\n\n{flag_help}\n")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parser, with every failure the user's input made turned into one line."""
+    for arg in argv[1:]:
+        if arg in HELP_FLAGS:
+            print_help(full=HELP_FLAGS[arg])
+            sys.exit(0)
     try:
-        argv = flags.FLAGS(sys.argv)
+        remaining = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # config_flags fails lazily: surface a missing file now
+        return remaining
     except Exception as error:  # noqa: BLE001 - every parsing failure is the user's input
         if os.environ.get("DIFFJAX_TRACEBACK"):
             raise
-        sys.stderr.write(f"diffjax: error: {describe_flag_error(error, sys.argv)}\n")
+        sys.stderr.write(f"diffjax: error: {describe_flag_error(error, argv)}\n")
         sys.exit(EXIT_BAD_FLAGS)
+
+
+def run_main(main) -> None:
+    """`app.run(main)` with one-line errors; absl defines --help/--helpfull before parsing."""
     try:
-        app.run(main, argv=argv)
+        app.run(main, flags_parser=_parse_flags)
     except USER_ERRORS as error:
         if os.environ.get("DIFFJAX_TRACEBACK"):
             raise

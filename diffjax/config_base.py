@@ -84,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
     training.preemption_check_every_steps = 10  # multi-host agreement on SIGTERM
     training.profile_first_step = -1  # >= 0: trace steps [first, first + num) to WORKDIR/profile
     training.profile_num_steps = 5
+    training.wandb_project = ""  # "" = off; else a Weights & Biases project (pip diffjax[wandb])
+    training.wandb_entity = ""
+    training.wandb_run_name = ""  # also the W&B run id, so a resumed run continues it
+    training.wandb_mode = "online"  # "online", "offline" or "disabled"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"  # "adam" or "adamw"
@@ -93,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.weight_decay = 0.0
     optim.warmup_steps = 5000
+    optim.schedule = "constant"  # after warm-up: "constant", "cosine" or "linear" decay
+    optim.decay_steps = 0  # step at which the decay ends; <= 0 = training.num_train_steps
+    optim.min_lr_ratio = 0.0  # final lr / lr for "cosine" and "linear"
     optim.grad_clip = 1.0  # global-norm clipping; <= 0 disables it
 
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -115,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.use_ema = True
     sampling.num_samples = 64  # --mode=sample
     sampling.batch_size = 64
+    sampling.checkpoint_step = -1  # --mode=sample: which checkpoint; -1 = the newest
+    sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
+    sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
+    sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.num_samples = 50_000
@@ -129,7 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
     evaluation.likelihood_split = "test"
     evaluation.likelihood_batch_size = 128
     evaluation.likelihood_max_examples = 0  # 0 = the whole split
-    evaluation.keep_samples = False  # keep eval/<step>.samples/ after the report is written
+    evaluation.keep_samples = False  # keep eval/<step>/<setting>.samples/ after the report
+    # Cartesian sweep of sampler settings per checkpoint, e.g.
+    # "sampling.guidance_scale=0,1.5;sampling.num_steps=10,20" (one report per setting).
+    evaluation.sweep = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from diffjax import filesystem as fs
 from diffjax.checkpointing import Checkpointer
 from diffjax.guidance import classifier_free_guidance
 from diffjax.models import build_model
@@ -66,7 +67,7 @@ def build_experiment(config, devices=None) -> Experiment:
     mesh = create_mesh(config.mesh, devices)
     rules = rules_from_config(config.mesh)
     model = build_model(config)
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
     spec = state_spec(model, optimizer, example_input(config), mesh, rules)
     return Experiment(config, mesh, rules, model, get_sde(config.sde), optimizer, spec)
 
@@ -94,14 +95,12 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
 
 def open_checkpoints(workdir: str) -> Checkpointer:
     """The workdir's checkpoints, for reading; a clear error when training never ran there."""
-    import os
-
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = fs.join(fs.absolute(workdir), "checkpoints")
+    if not fs.is_dir(directory):
         raise FileNotFoundError(
             f"No checkpoint in {directory}; train first (--mode=train --workdir={workdir}) or "
             f"pass the --workdir of a training run.")
-    return Checkpointer(workdir, async_save=False)
+    return Checkpointer(workdir, async_save=False, max_to_keep=None, create=False)
 
 
 def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int,

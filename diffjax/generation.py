@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from diffjax import data as data_lib
 from diffjax import sampling
 from diffjax.experiment import score_fn_for
+from diffjax.guidance import grid_labels
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.sde import LinearSDE
@@ -62,6 +63,44 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     return generate_any_size
 
 
+def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
+                    sampling_config=None) -> Callable:
+    """`inpaint(params, rng, labels, x_known, mask) -> (samples, nfe)`, sharded like generate.
+
+    x_known: float [batch_size, H, W, C] in the model's data range; mask: [H, W, 1], 1 = known.
+    The method is `sampling.method` (one of the SDE samplers that support replacement).
+    """
+    sampling_config = sampling_config or config.sampling
+    parallel = batch_axis_size(mesh)
+    padded = -(-batch_size // parallel) * parallel
+    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 0.0
+    options = sampling.sampler_options(sampling_config)
+    options = {k: v for k, v in options.items()
+               if k in ("num_steps", "eps", "predictor", "snr", "corrector_steps", "time_grid",
+                        "rho", "denoise")}
+
+    def inpaint(params, rng, labels, x_known, mask):
+        score_fn = score_fn_for(config, model, sde, params, labels=labels,
+                                guidance_scale=guidance)
+        result = sampling.inpaint(rng, score_fn, sde, x_known, mask,
+                                  method=sampling_config.method, **options)
+        return jax.lax.with_sharding_constraint(result.samples, batch_sharding(mesh)), result.nfe
+
+    jitted = jax.jit(inpaint, out_shardings=(batch_sharding(mesh), replicated(mesh)))
+
+    def inpaint_any_size(params, rng, labels, x_known, mask):
+        extra = padded - batch_size
+        x_known = jnp.pad(jnp.asarray(x_known), ((0, extra),) + ((0, 0),) * 3)
+        x_known = jax.device_put(x_known, batch_sharding(mesh))
+        if labels is not None:
+            labels = jax.device_put(jnp.pad(jnp.asarray(labels), (0, extra)),
+                                    batch_sharding(mesh))
+        samples, nfe = jitted(params, rng, labels, x_known, jnp.asarray(mask))
+        return samples[:batch_size], nfe
+
+    return inpaint_any_size
+
+
 def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:
     """Uniformly random class labels for conditional models, None otherwise."""
     if not config.model.conditional:
@@ -69,15 +108,40 @@ def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:
     return jax.random.randint(rng, (batch_size,), 0, config.data.num_classes, jnp.int32)
 
 
-def draw_batch(config, generate, params, rng: jax.Array, batch_size: int
+def draw_batch(config, generate, params, rng: jax.Array, batch_size: int,
+               labels: np.ndarray | None = None, extra_inputs: tuple = ()
                ) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(uint8 images [B, H, W, C], int32 labels [B] or None, NFE), the same on every process."""
+    """(uint8 images [B, H, W, C], int32 labels [B] or None, NFE), the same on every process.
+
+    Conditional models get `labels`, or uniformly random ones; `extra_inputs` are passed on to
+    `generate` after the labels (inpainting's known images and mask).
+    """
     sample_rng, label_rng = jax.random.split(rng)
-    labels = sample_labels(config, label_rng, batch_size)
-    samples, nfe = generate(params, sample_rng, labels)
+    if labels is None:
+        labels = sample_labels(config, label_rng, batch_size)
+    elif not config.model.conditional:
+        labels = None
+    samples, nfe = generate(params, sample_rng, labels, *extra_inputs)
     # Each process holds only its devices' rows; tiled gathering rebuilds the global batch.
     samples = multihost_utils.process_allgather(samples, tiled=True)
     pixels = data_lib.from_model_range(samples, centered=config.data.centered,
                                        dequantize=config.data.dequantize)
     labels = None if labels is None else np.asarray(labels, np.int32)
     return pixels, labels, int(jax.device_get(nfe))
+
+
+def requested_labels(config, num_samples: int) -> np.ndarray | None:
+    """The labels `sampling.labels` asks for, or None (random labels / unconditional)."""
+    spec = str(config.sampling.labels).strip()
+    if not config.model.conditional or not spec:
+        return None
+    if spec == "grid":
+        return np.asarray(grid_labels(num_samples, config.data.num_classes), np.int32)
+    try:
+        ids = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        ids = []
+    if not ids or any(not 0 <= i < config.data.num_classes for i in ids):
+        raise ValueError(f"sampling.labels={spec!r} is not 'grid' or a list of class ids in "
+                         f"[0, {config.data.num_classes}); e.g. --config.sampling.labels=3,7.")
+    return np.resize(np.asarray(ids, np.int32), num_samples)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from diffjax import filesystem as fs
 
 
 def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 1,
@@ -33,8 +35,14 @@ def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 
     return grid
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) as PNG file contents."""
+    image = np.asarray(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(path: str, grid: np.ndarray) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image = grid[..., 0] if grid.shape[-1] == 1 else grid
-    Image.fromarray(image).save(path)
-    return path
+    """Writes a PNG atomically through the path layer (local or gs://)."""
+    return fs.write_atomic(path, png_bytes(grid))

@@ -1,19 +1,42 @@
-"""Command line: python -m diffjax.main --config=configs/digits.py --workdir=DIR [--mode=train].
+"""diffjax: train, sample and evaluate score-based diffusion models.
 
-Any config field can be overridden, e.g. --config.optim.lr=1e-4; configs are locked, so an
-unknown key is an error, not a silently ignored setting.
+Usage:
+  python -m diffjax.main --config=CONFIG_FILE[:ARG] --workdir=DIR [--mode=MODE] [--config.a.b=V ...]
+
+Modes:
+  train           train, or resume from the newest checkpoint in DIR (default)
+  sample          images of a checkpoint: a PNG grid, an .npz, optionally one PNG per image
+  eval            FID/KID of checkpoints (resumable; sweeps over sampler settings)
+  fid_stats       reference Inception statistics of eval.reference_split
+  likelihood      bits/dim of eval.likelihood_split through the probability-flow ODE
+
+Any config field can be overridden, e.g. --config.optim.lr=1e-4. Configs are locked: an unknown
+key, a wrong type or an invalid value ends with one line that names it. Examples:
+  python -m diffjax.main --config=configs/digits.py --workdir=workdirs/digits
+  python -m diffjax.main --config=configs/digits.py --workdir=workdirs/digits --mode=eval
 """
 
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+# Before TensorFlow (imported by the data pipeline) loads: its C++ start-up banners (oneDNN, absl
+# preamble) are noise in a training log. TensorFlow only reads data and writes summaries here, so
+# its oneDNN kernels (the source of one banner) do nothing for diffjax.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from diffjax import cli_errors, modes
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffjax import cli_errors, modes, preemption  # noqa: E402
+
+# Covers start-up: a SIGTERM that arrives while libraries import or the step compiles is
+# remembered, and training stops cleanly at its first chance instead of dying with -15.
+preemption.install()
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with an argument: "
                                 "configs/digits.py:test.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, samples and reports.")
+flags.DEFINE_string("workdir", None, "Folder (or gs:// URL) for checkpoints, logs, samples and "
+                    "reports.")
 flags.DEFINE_enum("mode", "train", sorted(modes.MODES), "What to do.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host on CPU/GPU "
                     "without a cluster manager); TPU pods and SLURM are detected automatically.")

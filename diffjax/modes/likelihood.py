@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
@@ -18,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from diffjax import filesystem as fs
+from diffjax.console import progress_bar
 from diffjax.data.pipeline import data_source, read_records
 from diffjax.likelihood import likelihood_fn
 from diffjax.parallel.mesh import batch_axis_size
@@ -65,6 +66,11 @@ def evaluate_likelihood(config, workdir: str) -> dict:
     start_time = time.perf_counter()
     batches = _local_batches(config, e_cfg.likelihood_split, global_batch,
                              e_cfg.likelihood_max_examples)
+    total = len(data_source(config.data, e_cfg.likelihood_split))
+    if e_cfg.likelihood_max_examples > 0:
+        total = min(total, e_cfg.likelihood_max_examples)
+    bar = progress_bar(total, f"Likelihood of {e_cfg.likelihood_split}",
+                       enabled=jax.process_index() == 0)
     for index, (records, valid) in enumerate(batches):
         arrays = [jax.make_array_from_process_local_data(sharding, records[k])
                   for k in ("image", "label")]
@@ -74,6 +80,8 @@ def evaluate_likelihood(config, workdir: str) -> dict:
         mask = multihost_utils.process_allgather(jnp.asarray(valid), tiled=True)
         bpds.append(np.asarray(bpd)[np.asarray(mask)])
         nfes.append(int(nfe))
+        bar.update(int(np.asarray(mask).sum()))
+    bar.close()
     values = np.concatenate(bpds)
     if not np.all(np.isfinite(values)):
         raise FloatingPointError(
@@ -88,10 +96,8 @@ def evaluate_likelihood(config, workdir: str) -> dict:
         "seconds": time.perf_counter() - start_time,
     }
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "eval", f"likelihood_{step}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(report, f, indent=2)
+        path = fs.write_atomic(fs.join(workdir, "eval", f"likelihood_{step}.json"),
+                               json.dumps(report, indent=2) + "\n")
         print(f"bits/dim@step {step} = {report['bpd']:.4f} ± {report['bpd_stderr'] or 0:.4f} "
               f"({values.size} {e_cfg.likelihood_split} images, {report['nfe_mean']:.0f} NFE "
               f"per batch, {s_cfg.solver}). Report: {path}", flush=True)

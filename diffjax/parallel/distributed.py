@@ -70,3 +70,13 @@ def initialize_from_environment() -> None:
         num_processes=int(os.environ[_ENV_NUM]) if address else None,
         process_id=int(os.environ[_ENV_ID]) if address else None,
     )
+
+
+def broadcast_from_chief(value: int) -> int:
+    """Process 0's integer on every process, so that all of them take the same branch."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    import numpy as np
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

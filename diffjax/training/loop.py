@@ -10,29 +10,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
+from diffjax import filesystem as fs
 from diffjax import images
+from diffjax import workdir as workdir_lib
 from diffjax.experiment import Experiment, build_experiment, example_input
+from diffjax.checkpointing import Checkpointer
 from diffjax.generation import make_generate_fn
 from diffjax.guidance import grid_labels
+from diffjax.metric_writers import create_writer
+from diffjax.optimizer import learning_rate_schedule
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
-from diffjax.checkpointing import Checkpointer
-from diffjax.train_state import TrainState, count_params, create_state
+from diffjax.preemption import PreemptionWatcher
+from diffjax.train_state import TrainState, count_params, create_state, state_bytes
+from diffjax.training.progress import Progress
 from diffjax.training.step import make_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
+from diffjax.workdir_lock import lock_for_job
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,31 +53,6 @@ def check_batch_size(config, mesh: Mesh) -> None:
             f"by the {data_parallel} data-parallel devices (mesh data x fsdp); change "
             f"--config.training.batch_size or --config.training.microbatches."
         )
-
-
-class PreemptionWatcher:
-    """SIGTERM sets a flag; every host must agree on the step at which to stop."""
-
-    def __init__(self, check_every: int):
-        self.requested = False
-        self.check_every = check_every
-        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM received: saving a checkpoint at the next step and exiting.")
-        self.requested = True
-
-    def should_stop(self, step: int, checkpointer: Checkpointer) -> bool:
-        if jax.process_count() == 1:
-            return self.requested or checkpointer.reached_preemption(step)
-        if step % self.check_every:
-            return False
-        flags = multihost_utils.process_allgather(np.asarray(self.requested))
-        return bool(np.any(flags)) or checkpointer.reached_preemption(step)
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def raise_if_nonfinite(state: TrainState, last_saved: int | None) -> None:
@@ -105,7 +85,7 @@ def write_sample_grid(experiment: Experiment, generate, params, step: int, workd
         return None
     columns = n // config.data.num_classes if config.model.conditional else None
     grid = images.make_grid(pixels, columns=columns)
-    path = images.save_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid)
+    path = images.save_png(fs.join(workdir, "samples", f"step_{step:08d}.png"), grid)
     writer.write_images(step, {"samples": grid[None]})
     writer.write_scalars(step, {"sample_nfe": float(nfe)})
     return path
@@ -116,13 +96,35 @@ def train(config, workdir: str, devices=None) -> dict[str, Any]:
 
     `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
     """
-    # Installed first: a preemption during set-up or compilation must still end in a save.
     preemption = PreemptionWatcher(config.training.preemption_check_every_steps)
     try:
         with contextlib.ExitStack() as context:
-            return _train(config, os.path.abspath(workdir), devices, preemption, context)
+            return _train(config, fs.absolute(workdir), devices, preemption, context)
     finally:
         preemption.restore()
+
+
+def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str):
+    """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh."""
+    config = experiment.config
+    recorded = workdir_lib.recorded_config(workdir)
+
+    def explain() -> str:
+        differences = workdir_lib.shape_relevant_differences(
+            recorded, workdir_lib.config_to_dict(config))
+        if not differences:
+            return ""
+        return (f" The config differs from the run's {workdir_lib.CONFIG_FILE} in "
+                f"{workdir_lib.describe_differences(differences)}.")
+
+    restored = checkpointer.restore_latest(experiment.spec, explain)
+    if restored is not None:
+        state, data_state, step = restored
+        logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
+        return state, data_state, step
+    state = create_state(experiment.model, experiment.optimizer, example_input(config),
+                         config.seed, experiment.spec)
+    return state, None, 0
 
 
 def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
@@ -132,27 +134,39 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     mesh = experiment.mesh
     check_batch_size(config, mesh)
     is_chief = jax.process_index() == 0
+    checkpoint_bytes = state_bytes(experiment.spec.abstract)
+    # Before any compute or data: a workdir that cannot take a checkpoint fails now, in one line.
     if is_chief:
-        os.makedirs(workdir, exist_ok=True)
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+        workdir_lib.prepare_for_writing(workdir, checkpoint_bytes=checkpoint_bytes)
+    # Process 0 holds the lock for the whole run (taken here unless the CLI already took it).
+    lock = lock_for_job(workdir)
+    if lock is not None:
+        context.callback(lock.release)
+
+    checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
+                                async_save=t_cfg.async_checkpointing)
+    context.callback(checkpointer.close)
+    state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir)
+    last_saved = step if data_state is not None else None
+    if is_chief:
+        workdir_lib.record_config(workdir, config)
+        logging.info("Model %s with %s parameters; mesh %s.", config.model.name,
+                     f"{count_params(state.params):,}", dict(mesh.shape))
+    if preemption.stop_before_first_step():
+        return _stop_during_start_up(step, checkpointer, workdir, state)
+    if step >= t_cfg.num_train_steps:
+        logging.warning("The newest checkpoint (step %d) is already at or past "
+                        "training.num_train_steps=%d: nothing to train; raise "
+                        "--config.training.num_train_steps to continue.", step,
+                        t_cfg.num_train_steps)
 
     loader = data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
-    checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
-                                async_save=t_cfg.async_checkpointing)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, data_state = checkpointer.restore(experiment.spec, latest)
+    if data_state is not None:
         loader.set_state(data_state)
-        logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
-    else:
-        state = create_state(experiment.model, experiment.optimizer, example_input(config),
-                             config.seed, experiment.spec)
-    step = int(jax.device_get(state.step))
-    if is_chief:
-        logging.info("Model %s with %s parameters; mesh %s.", config.model.name,
-                     f"{count_params(state.params):,}", dict(mesh.shape))
+    writer = create_writer(workdir, config, is_chief=is_chief)
+    context.callback(writer.close)
 
     batch_spec = batch_sharding(mesh)
     train_step = jax.jit(
@@ -174,17 +188,20 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     if is_chief:
         logging.info("Compiled the train step in %.1fs (%s FLOPs/step).", compile_seconds,
                      f"{throughput.flops_per_step:.3g}" if throughput.flops_per_step else "unknown")
-    hooks = [periodic_actions.ReportProgress(num_train_steps=t_cfg.num_train_steps, writer=writer,
-                                             every_steps=t_cfg.log_every_steps)] if is_chief else []
+    if preemption.stop_before_first_step():
+        return _stop_during_start_up(step, checkpointer, workdir, state)
+    learning_rate = learning_rate_schedule(config.optim, t_cfg.num_train_steps)
+    progress = Progress(t_cfg.num_train_steps, step, enabled=is_chief)
+    context.callback(progress.close)
+    profiler = None
     if t_cfg.profile_first_step >= 0 and is_chief:
-        hooks.append(periodic_actions.Profile(
-            logdir=os.path.join(workdir, "profile"), first_profile=t_cfg.profile_first_step,
+        profiler = periodic_actions.Profile(
+            logdir=fs.join(workdir, "profile"), first_profile=t_cfg.profile_first_step,
             num_profile_steps=t_cfg.profile_num_steps,
             # Steps alone bound the trace: clu's defaults also keep it open for at least 3 s (a
             # fast run ended with the trace never written) and start another every hour.
-            profile_duration_ms=None, every_secs=None))
+            profile_duration_ms=None, every_secs=None)
 
-    last_saved = latest
     pending_metrics: list[dict] = []
     rates: dict[str, float] = {}
     last_loss = None
@@ -200,8 +217,8 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
             batch = None
             step += 1
             pending_metrics.append(metrics)
-            for hook in hooks:
-                hook(step)
+            if profiler is not None:
+                profiler(step)
             final = step == t_cfg.num_train_steps
             if step % t_cfg.log_every_steps == 0 or final:
                 raise_if_nonfinite(state, last_saved)
@@ -210,24 +227,26 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 pending_metrics.clear()
                 last_loss = averaged["loss"]
                 rates = throughput.report(step)
-                writer.write_scalars(step, {**averaged, **rates})
+                # The lr applied by the update that produced `step` (optax counts from 0).
+                scalars = {**averaged, **rates, "lr": float(learning_rate(step - 1))}
+                writer.write_scalars(step, scalars)
+                progress.update(step, scalars)
             if step % t_cfg.sample_every_steps == 0 or final:
                 sample_path = write_sample_grid(experiment, generate, state.ema_params, step,
                                                 workdir, writer) or sample_path
             preempted = preemption.should_stop(step, checkpointer)
             if step % t_cfg.checkpoint_every_steps == 0 or final or preempted:
                 raise_if_nonfinite(state, last_saved)
-                checkpointer.save(step, state, loader.get_state())
+                checkpointer.save(step, state, loader.get_state(), checkpoint_bytes)
                 last_saved = step
             if preempted:
                 logging.warning("Preempted: checkpoint saved at step %d.", step)
                 break
+        checkpointer.wait()
     finally:
-        if t_cfg.profile_first_step >= 0 and is_chief:
+        if profiler is not None:
             with contextlib.suppress(RuntimeError):  # training ended inside the traced steps
                 jax.profiler.stop_trace()
-        checkpointer.wait()
-        checkpointer.close()
         writer.flush()
 
     summary = {
@@ -244,3 +263,16 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         print(f"Trained to step {step}. Checkpoints: {checkpointer.directory}\n"
               f"TensorBoard: tensorboard --logdir {workdir}\nSamples: {sample_path}", flush=True)
     return summary
+
+
+def _stop_during_start_up(step: int, checkpointer: Checkpointer, workdir: str, state
+                          ) -> dict[str, Any]:
+    """SIGTERM before the first step: the newest checkpoint already holds this state."""
+    logging.warning("SIGTERM during start-up: stopping before the first step; nothing new to "
+                    "save (newest checkpoint: %s).", step if checkpointer.all_steps() else "none")
+    if jax.process_index() == 0:
+        print(f"Stopped before training (SIGTERM) at step {step}. Checkpoints: "
+              f"{checkpointer.directory}", flush=True)
+    return {"step": step, "preempted": True, "loss": None, "steps_per_sec": None,
+            "checkpoints": checkpointer.directory, "tensorboard": workdir, "samples": None,
+            "state": state}

@@ -1,0 +1,284 @@
+"""The whole config, checked before any data is read or anything is compiled.
+
+`validate(config, mode)` runs at the start of every mode. A wrong value costs one line naming the
+key and the fix, instead of a failure 50,000 steps in (a sampler name checked only at the first
+sample grid) or a silent misbehaviour (a class-conditional model on a dataset without labels).
+
+Three layers, cheapest first:
+1. Ranges and syntax of individual keys (RANGE_CHECKS, eval selections, split names).
+2. Everything that needs other keys or the machine: registry names, the mesh against the
+   device count, batch divisibility, the dataset's metadata (it exists, the split exists, image
+   shape, labels), all without reading a record.
+3. Tracing, never compiling: `build_experiment` (the network's init under `jax.eval_shape`, so
+   image sizes that the network cannot take fail here with the network's own message), then the
+   train step (train mode) and the configured sampler under `jax.eval_shape`, which checks every
+   sampler option with the sampler's own error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the key and the fix."""
+
+
+def _at_least(minimum):
+    return lambda v: v >= minimum, f">= {minimum}"
+
+
+def _in_closed(lo, hi):
+    return lambda v: lo <= v <= hi, f"in [{lo}, {hi}]"
+
+
+def _positive():
+    return lambda v: v > 0, "> 0"
+
+
+def _in_open_closed(lo, hi):
+    return lambda v: lo < v <= hi, f"in ({lo}, {hi}]"
+
+
+# key -> (predicate, description of the valid range); every mode checks these.
+RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _at_least(0),
+    "data.image_size": _at_least(1),
+    "data.num_channels": _at_least(1),
+    "data.num_classes": _at_least(1),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.label_dropout": _in_closed(0.0, 1.0),
+    "model.sigma_data": _positive(),
+    "training.batch_size": _at_least(1),
+    "training.num_train_steps": _at_least(1),
+    "training.microbatches": _at_least(1),
+    "training.log_every_steps": _at_least(1),
+    "training.checkpoint_every_steps": _at_least(1),
+    "training.sample_every_steps": _at_least(1),
+    "training.max_checkpoints_to_keep": _at_least(1),
+    "training.num_sample_images": _at_least(1),
+    "training.ema_decay": _in_closed(0.0, 1.0),
+    "training.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "training.preemption_check_every_steps": _at_least(1),
+    "optim.lr": _positive(),
+    "optim.beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optim.beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optim.eps": _positive(),
+    "optim.weight_decay": _at_least(0.0),
+    "optim.warmup_steps": _at_least(0),
+    "sampling.num_steps": _at_least(1),
+    "sampling.num_samples": _at_least(1),
+    "sampling.batch_size": _at_least(1),
+    "eval.num_samples": _at_least(2),
+    "eval.batch_size": _at_least(1),
+    "eval.inception_batch_size": _at_least(1),
+    "eval.likelihood_batch_size": _at_least(1),
+    "eval.likelihood_max_examples": _at_least(0),
+    "eval.watch_timeout_s": _at_least(0),
+}
+
+# Which checks of layers 2 and 3 each mode needs.
+MODES_TRAINING = ("train",)
+MODES_SAMPLING = ("train", "sample", "eval")
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _has(config, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False
+        node = node[part]
+    return True
+
+
+def fail(key: str, value: Any, problem: str, fix: str) -> None:
+    raise ConfigError(f"config.{key}={value!r} {problem}; {fix}")
+
+
+def check_ranges(config) -> None:
+    for key, (valid, description) in RANGE_CHECKS.items():
+        if not _has(config, key):
+            continue
+        value = _get(config, key)
+        if value is None:
+            continue
+        try:
+            ok = bool(valid(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            fail(key, value, f"must be {description}", f"set --config.{key} to a value "
+                                                      f"{description}")
+
+
+def check_eval_selection(config) -> None:
+    from diffjax.evaluation.stats import parse_reference_split
+
+    selection = str(config.eval.checkpoints).strip().lower()
+    if selection not in ("all", "latest", "watch") and \
+            not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*,?\s*", selection):
+        fail("eval.checkpoints", config.eval.checkpoints, "is not a checkpoint selection",
+             "use all, latest, watch or a list of steps such as 1000,2000")
+    try:
+        parse_reference_split(config.eval.reference_split)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_data(config, mode: str) -> None:
+    """The dataset's metadata, not its records: name, split, image shape, labels."""
+    from diffjax import data as data_lib
+
+    name = config.data.dataset
+    if name not in data_lib.EMBEDDED_BUILDERS:
+        import tensorflow_datasets as tfds
+
+        known = set(tfds.list_builders()) | set(data_lib.EMBEDDED_BUILDERS)
+        if name.split("/")[0].split(":")[0] not in known:
+            close = difflib.get_close_matches(name.split("/")[0], sorted(known), n=3)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            fail("data.dataset", name, f"is not a TFDS dataset{hint}",
+                 "pass a name from `tfds.list_builders()` or the embedded 'digits'")
+    builder = data_lib.dataset_builder(config.data)
+    splits = sorted(builder.info.splits)
+    wanted = {"train": [config.data.split]}.get(mode, [])
+    if mode == "likelihood":
+        wanted = [config.eval.likelihood_split]
+    for split in wanted:
+        if split not in splits:
+            key = "eval.likelihood_split" if mode == "likelihood" else "data.split"
+            fail(key, split, f"is not a split of {name!r} (it has {splits})",
+                 f"set --config.{key} to one of them")
+    features = builder.info.features
+    if "image" in features:
+        shape = tuple(features["image"].shape)
+        want = (config.data.image_size, config.data.image_size, config.data.num_channels)
+        if None not in shape and shape != want:
+            fail("data.image_size", config.data.image_size,
+                 f"with data.num_channels={config.data.num_channels} does not match {name!r}, "
+                 f"whose images are {shape}",
+                 f"set --config.data.image_size={shape[0]} "
+                 f"--config.data.num_channels={shape[-1]}")
+    if config.model.conditional:
+        label = features["label"] if "label" in features else None
+        if label is None or not hasattr(label, "num_classes"):
+            fail("model.conditional", True, f"needs class labels, but {name!r} has none",
+                 "set --config.model.conditional=False or use a labelled dataset")
+        if label.num_classes != config.data.num_classes:
+            fail("data.num_classes", config.data.num_classes,
+                 f"differs from {name!r}'s {label.num_classes} classes",
+                 f"set --config.data.num_classes={label.num_classes}")
+
+
+def check_batch_divisibility(config, mesh) -> None:
+    from diffjax.parallel.mesh import batch_axis_size
+
+    parallel = batch_axis_size(mesh)
+    b, k = config.training.batch_size, config.training.microbatches
+    if b % k or (b // k) % parallel:
+        fail("training.batch_size", b,
+             f"with microbatches={k} does not give a per-pass batch divisible by the "
+             f"{parallel} data-parallel devices (mesh data x fsdp)",
+             f"use a multiple of {k * parallel}, or change --config.training.microbatches")
+    processes = jax.process_count()
+    if b % processes:
+        fail("training.batch_size", b, f"is not divisible by the {processes} processes",
+             f"use a multiple of {processes}")
+
+
+def trace_train_step(config, experiment) -> None:
+    from diffjax.training.step import make_train_step
+
+    d = config.data
+    per_pass = config.training.batch_size
+    batch = {"image": jax.ShapeDtypeStruct((per_pass, d.image_size, d.image_size,
+                                            d.num_channels), jnp.uint8),
+             "label": jax.ShapeDtypeStruct((per_pass,), jnp.int32)}
+    step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer)
+    with experiment.activate():
+        jax.eval_shape(step, experiment.spec.abstract, batch)
+
+
+def trace_sampler(config, experiment, batch_size: int) -> None:
+    from diffjax import sampling
+    from diffjax.experiment import score_fn_for
+    from diffjax.generation import image_shape
+
+    labels = jnp.zeros((batch_size,), jnp.int32) if config.model.conditional else None
+    guidance = float(config.sampling.guidance_scale) if config.model.conditional else 0.0
+
+    def generate(params, rng):
+        score_fn = score_fn_for(config, experiment.model, experiment.sde, params, labels=labels,
+                                guidance_scale=guidance)
+        return sampling.sample(config.sampling, rng, score_fn, experiment.sde,
+                               image_shape(config, batch_size))
+
+    with experiment.activate():
+        jax.eval_shape(generate, experiment.spec.abstract.ema_params, jax.random.key(0))
+
+
+def validate(config, mode: str):
+    """Raises ConfigError (or the builders' ValueError) naming the first bad key; returns the
+    Experiment it built so callers need not build it again."""
+    from diffjax.experiment import build_experiment
+
+    check_ranges(config)
+    check_eval_selection(config)
+    if config.model.conditional and config.data.num_classes < 1:
+        fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
+             "set it to the number of classes")
+    check_data(config, mode)
+    if mode == "fid_stats":
+        return None
+    experiment = build_experiment(config)
+    if mode in MODES_TRAINING:
+        check_batch_divisibility(config, experiment.mesh)
+        trace_train_step(config, experiment)
+    if mode in MODES_SAMPLING:
+        from diffjax.parallel.mesh import batch_axis_size
+
+        # One row per data-parallel device traces the same program as any batch size.
+        rows = batch_axis_size(experiment.mesh)
+        for variant in _sampling_variants(config, mode):
+            trace_sampler(variant, experiment, rows)
+    if mode == "sample":
+        check_sample_mode(config)
+    return experiment
+
+
+def _sampling_variants(config, mode: str) -> list:
+    """The configs whose sampler will run: every point of eval.sweep in eval mode."""
+    if mode != "eval":
+        return [config]
+    from diffjax.evaluation.settings import settings_from_config
+
+    try:
+        return [setting.config for setting in settings_from_config(config)]
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_sample_mode(config) -> None:
+    from diffjax.generation import requested_labels
+    from diffjax.masks import load_mask
+    from diffjax.sampling import inpainting
+
+    requested_labels(config, int(config.sampling.num_samples))
+    if config.sampling.inpaint:
+        load_mask(config.sampling.inpaint, config.data.image_size)
+        methods = sorted(inpainting.INPAINT_METHODS)
+        if config.sampling.method not in methods:
+            fail("sampling.method", config.sampling.method, "cannot inpaint (replacement needs "
+                 "fresh noise at every step)", f"use one of {methods} with sampling.inpaint")
