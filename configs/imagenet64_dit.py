@@ -1,14 +1,16 @@
 """Class-conditional DiT on ImageNet 64x64 (pixel space), VP SDE, classifier-free guidance.
 
 Launch (TPU v5p-64, see README "Training on a TPU pod"):
-    launch/tpu_vm.sh --name=dit-in64 --accelerator=v5p-64 -- \\
-        --config=configs/imagenet64_dit.py:XL --workdir=gs://BUCKET/dit_in64 \\
-        --config.data.data_dir=gs://BUCKET/tensorflow_datasets --config.mesh.fsdp=8
+    launch/tpu_vm.sh --name=dit-in64 --zone=us-east5-a --accelerator=v5p-64 \\
+        --project=MY_PROJECT --bucket=BUCKET -- \\
+        --config=configs/imagenet64_dit.py:XL --workdir=/gcs/BUCKET/dit_in64 \\
+        --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets --config.mesh.fsdp=8
 Variants: `:S`, `:B`, `:L`, `:XL` (patch 4 at 64x64 = 256 tokens, the token count of DiT's
 256-px latent models with patch 2, so the paper's per-image cost applies: S 6.06, B 23.0,
 L 80.7, XL 118.6 GFLOPs (multiply-adds) per forward).
-Data: `tfds build downsampled_imagenet/64x64 --file_format=array_record` (needs the manual
-download described by TFDS).
+Data: `tfds build imagenet_resized/64x64 --file_format=array_record` (Chrabaszcz et al.'s
+downsampled ImageNet with its 1,000 labels; TFDS's `downsampled_imagenet/64x64` has no labels and
+a class-conditional config refuses it).
 Expected cost (XL): ~0.36 TFLOP per training example (3 x 2 x 118.6 GFLOP); at 40% MFU on a v5p
 chip (459 TFLOP/s) about 510 examples/s per chip. Expected result: EDM reports FID 1.36 on
 ImageNet-64 with a U-Net; DiT-XL in pixel space at 64 px has no published number.
@@ -24,7 +26,7 @@ def get_config(arg: str | None = None):
     if size not in SIZES:
         raise ValueError(f"Unknown variant {size!r} for imagenet64_dit.py; valid: {SIZES}.")
     config = base_config()
-    config.data.dataset = "downsampled_imagenet/64x64"
+    config.data.dataset = "imagenet_resized/64x64"
     config.data.image_size = 64
     config.data.num_channels = 3
     config.data.num_classes = 1000

@@ -118,7 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.max_steps = 4096
-    sampling.guidance_scale = 0.0  # classifier-free guidance w; 0 = plain conditional
+    # Classifier-free guidance s (DiT/diffusers convention): 1 = plain conditional, DiT uses 1.5.
+    sampling.guidance_scale = 1.0
     sampling.use_ema = True
     sampling.num_samples = 64  # --mode=sample
     sampling.batch_size = 64

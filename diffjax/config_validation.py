@@ -217,7 +217,7 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
     from diffjax.generation import image_shape
 
     labels = jnp.zeros((batch_size,), jnp.int32) if config.model.conditional else None
-    guidance = float(config.sampling.guidance_scale) if config.model.conditional else 0.0
+    guidance = float(config.sampling.guidance_scale) if config.model.conditional else 1.0
 
     def generate(params, rng):
         score_fn = score_fn_for(config, experiment.model, experiment.sde, params, labels=labels,

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from diffjax import filesystem as fs
 from diffjax.checkpointing import Checkpointer
-from diffjax.guidance import classifier_free_guidance
+from diffjax.guidance import CONDITIONAL, classifier_free_guidance
 from diffjax.models import build_model
 from diffjax.optimizer import make_optimizer
 from diffjax.parallel.mesh import create_mesh
@@ -83,10 +83,10 @@ def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | N
 
 
 def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
-                 dropout_rng=None, guidance_scale: float = 0.0):
+                 dropout_rng=None, guidance_scale: float = CONDITIONAL):
     """The score function of `params`, with the configured parameterisation and guidance."""
     net = network(model, params, train=train, dropout_rng=dropout_rng)
-    if guidance_scale and labels is not None:
+    if guidance_scale != CONDITIONAL and labels is not None:
         net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
     return make_score_fn(
         sde, net, parameterization=config.model.parameterization,

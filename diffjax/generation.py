@@ -41,7 +41,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     parallel = batch_axis_size(mesh)
     padded = -(-batch_size // parallel) * parallel
     shape = image_shape(config, padded)
-    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 0.0
+    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
 
     def generate(params, rng, labels):
         score_fn = score_fn_for(config, model, sde, params, labels=labels,
@@ -73,7 +73,7 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     sampling_config = sampling_config or config.sampling
     parallel = batch_axis_size(mesh)
     padded = -(-batch_size // parallel) * parallel
-    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 0.0
+    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
     options = sampling.sampler_options(sampling_config)
     options = {k: v for k, v in options.items()
                if k in ("num_steps", "eps", "predictor", "snr", "corrector_steps", "time_grid",

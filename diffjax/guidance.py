@@ -1,9 +1,15 @@
 """Classifier-free guidance (Ho & Salimans, 2021) as a wrapper around the network.
 
-The guided output is out_c + w (out_c - out_null): w = 0 is plain conditional sampling. Because
-the score is a linear function of the network output at fixed (x, t) for every parameterisation
-in `diffjax.score`, guiding the output guides the score. The conditional and the null halves go
-through the network as one batch of 2B, so guidance costs one (larger) call, not two.
+Convention (DiT, SiT, diffusers, EDM2): the guided output is
+    out_null + s (out_c - out_null),
+so s = 1 is plain conditional sampling, s = 0 unconditional, and s > 1 strengthens the condition.
+`sampling.guidance_scale` is this s: DiT's "cfg scale 1.5" is --config.sampling.guidance_scale=1.5.
+(Ho & Salimans write (1 + w) out_c - w out_null, i.e. w = s - 1.)
+
+Because the score is an affine function of the network output at fixed (x, t) for every
+parameterisation in `diffjax.score`, guiding the output guides the score. The conditional and the
+null halves go through the network as one batch of 2B, so guidance costs one (larger) call, not
+two; with s = 1 no null half is computed at all.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import jax.numpy as jnp
 
 from diffjax.score import NetFn
 
+# The guidance scale of plain conditional sampling (no null-label evaluation).
+CONDITIONAL = 1.0
+
 
 def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null_label: int) -> NetFn:
     def guided(x_in, noise_cond, labels):
@@ -20,7 +29,7 @@ def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null_label: i
         out = net(jnp.concatenate([x_in, x_in]), jnp.concatenate([noise_cond, noise_cond]),
                   jnp.concatenate([labels, null]))
         conditional, unconditional = jnp.split(out, 2)
-        return conditional + guidance_scale * (conditional - unconditional)
+        return unconditional + guidance_scale * (conditional - unconditional)
 
     return guided
 

@@ -24,26 +24,40 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffjax import cli_errors, modes, preemption  # noqa: E402
+from diffjax import preemption  # noqa: E402  (imports nothing heavy)
 
 # Covers start-up: a SIGTERM that arrives while libraries import or the step compiles is
 # remembered, and training stops cleanly at its first chance instead of dying with -15.
 preemption.install()
 
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with an argument: "
-                                "configs/digits.py:test.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder (or gs:// URL) for checkpoints, logs, samples and "
-                    "reports.")
-flags.DEFINE_enum("mode", "train", sorted(modes.MODES), "What to do.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host on CPU/GPU "
-                    "without a cluster manager); TPU pods and SLURM are detected automatically.")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffjax import cli_errors, modes  # noqa: E402
+
+
+
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The command line's flags on `flag_values` (tests parse documented commands with it)."""
+    config_flags.DEFINE_config_file("config", None, "Config file, optionally with an argument: "
+                                    "configs/digits.py:test.", lock_config=True,
+                                    flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Folder (or gs:// URL) for checkpoints, logs, samples "
+                        "and reports.", flag_values=flag_values)
+    flags.DEFINE_enum("mode", "train", sorted(modes.MODES), "What to do.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host on "
+                        "CPU/GPU without a cluster manager); TPU pods and SLURM are detected "
+                        "automatically.", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with "
+                         "--coordinator_address).", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "This process's index (with "
+                         "--coordinator_address).", flag_values=flag_values)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+    return flag_values
+
+
+FLAGS = define_flags(flags.FLAGS)
 
 
 def main(argv):

@@ -22,9 +22,7 @@ import logging
 import signal
 import sys
 
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
+# Nothing heavy at import time: `diffjax.main` installs the handler before JAX or TensorFlow load.
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -84,19 +82,29 @@ class PreemptionWatcher:
         return requested()
 
     def should_stop(self, step: int, checkpointer) -> bool:
-        if jax.process_count() == 1:
-            return requested() or checkpointer.reached_preemption(step)
-        if step % self.check_every:
+        if step % self.check_every and _process_count() > 1:
             return False
-        flags = multihost_utils.process_allgather(np.asarray(requested()))
-        return bool(np.any(flags)) or checkpointer.reached_preemption(step)
+        return _any_process(requested()) or checkpointer.reached_preemption(step)
 
     def stop_before_first_step(self) -> bool:
         """True (on every host) when a SIGTERM came during start-up."""
-        if jax.process_count() == 1:
-            return requested()
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(requested()))))
+        return _any_process(requested())
 
     def restore(self) -> None:
         if self._owns_handler:
             uninstall()
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _any_process(flag: bool) -> bool:
+    if _process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

@@ -2,12 +2,13 @@
 # One multi-process diffjax job on this machine's CPU: the same code path as a multi-host pod
 # (jax.distributed, per-process data loading, process-0-only logging), without a cluster.
 #
-#   launch/local.sh --num_processes=2 --devices_per_process=2 [--port=8476] [--dry-run] \
+#   launch/local.sh --num_processes=2 --devices_per_process=2 [--port=PORT] [--dry-run] \
 #       -- --config=configs/digits.py:test --workdir=workdirs/local \
 #          --config.mesh.data=2 --config.mesh.fsdp=2
 #
 # Each process simulates D CPU devices (XLA_FLAGS), uses gloo for cross-process collectives and
-# finds the others through the coordinator at localhost:PORT (process 0 hosts it). Output lines
+# finds the others through the coordinator at localhost:PORT (process 0 hosts it). Without
+# --port a free port is picked, so two local jobs never join each other's coordinator. Output lines
 # are prefixed with "[process i]". If one process fails the others are stopped (a JAX job cannot
 # go on with a missing peer; left alone they would block in a collective until a timeout) and the
 # script exits with that first non-zero code.
@@ -17,13 +18,13 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 num_processes=""
 devices_per_process=""
-port=8476
+port=""
 dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -45,6 +46,11 @@ if ! is_positive_int "$num_processes" || ! is_positive_int "$devices_per_process
   echo "local.sh: --num_processes=N and --devices_per_process=D are required positive integers" \
        "(got '${num_processes}' and '${devices_per_process}')." >&2
   exit 2
+fi
+if [[ -z "$port" ]]; then
+  # The kernel hands out an unused port; another job could take it before process 0 binds it,
+  # but unlike a fixed default that needs a race, not just a second job.
+  port="$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
 fi
 if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
   echo "local.sh: --port must be a TCP port number, got '$port'." >&2

@@ -95,7 +95,7 @@ if [[ "$image" =~ ^(gcr\.io|([a-z0-9-]+-)?docker\.pkg\.dev)/ ]]; then
 else
   # XPK copies --script-dir into the image at /app, the pods' working directory.
   xpk_args+=("--script-dir=$repo")
-  command="pip install -q -e . $(quote "jax[tpu]==$jax_version") && $command"
+  command="pip install -q -e . $(quote "jax[tpu]==$jax_version") && python -m diffjax.evaluation.fetch_weights && $command"
 fi
 [[ -n "$project" ]] && xpk_args+=("--project=$project")
 [[ -n "$zone" ]] && xpk_args+=("--zone=$zone")

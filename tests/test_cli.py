@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import BackgroundRun, run_cli
 
 TEST_CONFIG = "--config=configs/digits.py:test"
 
@@ -80,55 +80,43 @@ def test_nan_loss_stops_without_checkpointing_the_broken_state(tmp_path):
         assert all(np.isfinite(v).all() for v in read_params(tmp_path, step).values())
 
 
-def _start(workdir, *overrides):
-    return subprocess.Popen(
-        [sys.executable, "-m", "diffjax.main", TEST_CONFIG, f"--workdir={workdir}", *overrides],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path, process, timeout=300):
-    deadline = time.time() + timeout
-    while not os.path.exists(path):
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before {path} appeared:\n{process.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            process.kill()
-            raise AssertionError(f"{path} did not appear in {timeout}s")
-        time.sleep(0.05)
-
-
 LONG_RUN = ("--config.training.num_train_steps=300", "--config.training.checkpoint_every_steps=100",
             "--config.training.log_every_steps=50", "--config.training.sample_every_steps=1000")
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
-    process = _start(tmp_path, "--config.training.num_train_steps=1000000",
-                     "--config.training.checkpoint_every_steps=1000000")
-    # Wait until steps are running: the first log line is written at step 2.
-    deadline = time.time() + 300
-    while not glob.glob(str(tmp_path / "events.out.tfevents.*")) and time.time() < deadline:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.1)
-    time.sleep(2.0)
+    run = BackgroundRun(TEST_CONFIG, f"--workdir={tmp_path}",
+                        "--config.training.num_train_steps=1000000",
+                        "--config.training.checkpoint_every_steps=1000000")
+    run.wait_for_line("step 4/")  # steps are running
     sent = time.time()
-    process.send_signal(signal.SIGTERM)
-    returncode = process.wait(timeout=60)
-    stderr = process.stderr.read()
-    assert returncode == 0, stderr[-3000:]
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=60) == 0, run.stderr[-3000:]
     assert time.time() - sent < 60
     steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
     assert len(steps) == 1 and steps[0] > 0, "one checkpoint at the step reached"
-    assert f"checkpoint saved at step {steps[0]}" in stderr
+    assert f"checkpoint saved at step {steps[0]}" in run.stderr
+
+
+def test_sigterm_during_start_up_exits_zero_without_a_traceback(tmp_path):
+    """The handler is installed before the heavy imports: no death by signal (-15)."""
+    run = BackgroundRun(TEST_CONFIG, f"--workdir={tmp_path}")
+    time.sleep(1.0)  # importing TensorFlow, JAX and Orbax takes several seconds
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=120) == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert "Stopped before training" in run.stdout or "SIGTERM" in run.stderr
+    assert not [s for s in os.listdir(tmp_path / "checkpoints")] if \
+        (tmp_path / "checkpoints").exists() else True
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_cli(TEST_CONFIG, f"--workdir={reference}", *LONG_RUN)
 
-    process = _start(resumed, *LONG_RUN)
-    _wait_for(resumed / "checkpoints" / "100", process)
-    process.kill()
-    process.wait()
+    run = BackgroundRun(TEST_CONFIG, f"--workdir={resumed}", *LONG_RUN)
+    run.wait_for_path(resumed / "checkpoints" / "100")
+    run.kill()
     killed_at = max(int(s) for s in os.listdir(resumed / "checkpoints") if s.isdigit())
     assert killed_at < 300, "the run finished before it could be killed"
     run_cli(TEST_CONFIG, f"--workdir={resumed}", *LONG_RUN)

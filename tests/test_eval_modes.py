@@ -12,12 +12,12 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 TEST_CONFIG = "--config=configs/digits.py:test"
 REFERENCE = "--config.eval.reference_split=test[:40]"
-REPORT_KEYS = {"fid", "kid", "is", "nfe", "sampler", "num_samples", "seconds", "step",
-               "guidance_scale", "use_ema"}
+REPORT_KEYS = {"fid", "kid", "kid_std", "is", "nfe", "sampler", "num_samples", "seconds", "step",
+               "guidance_scale", "use_ema", "setting", "signature"}
 # configs/digits.py:test samples with euler_maruyama, 4 steps plus the final denoising step.
 EXPECTED_NFE = 5
 
@@ -78,42 +78,67 @@ def test_fid_stats_mode_writes_and_reuses_statistics(fid_stats_run, stats_dir, t
     assert os.stat(path).st_mtime_ns == before
 
 
+def reports_of(workdir, step):
+    """{setting slug: report} of one checkpoint."""
+    folder = workdir / "eval" / str(step)
+    return {os.path.basename(p)[:-5]: read_json(p) for p in glob.glob(str(folder / "*.json"))}
+
+
 def test_eval_mode_reports_every_checkpoint(evaluated):
     workdir, result = evaluated
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["step"] for line in lines] == [3, 6]  # one JSON line per (step, setting)
     for step in (3, 6):
-        report = read_json(workdir / "eval" / f"{step}.json")
+        (slug, report), = reports_of(workdir, step).items()
+        assert slug.startswith("euler_maruyama_4steps_n40_")  # the name carries the setting
         assert REPORT_KEYS <= set(report)
-        assert report["step"] == step
+        assert report["step"] == step and report["setting"] == slug
         assert math.isfinite(report["fid"]) and report["fid"] > 0
         assert math.isfinite(report["kid"])
+        assert report["kid_std"] is None  # 40 < 1000 samples: every KID subset is the whole set
         assert report["num_samples"] == 40
         assert report["nfe"] == EXPECTED_NFE
         assert report["sampler"] == "euler_maruyama" and report["use_ema"] is True
         # default_1.pt has no classifier: no Inception Score, and the report says why.
         assert report["is"] is None and "classifier" in report["is_unavailable_reason"]
-        assert (workdir / "eval" / f"{step}.png").exists()
-        assert not (workdir / "eval" / f"{step}.samples").exists()  # chunks deleted when done
-        assert f"FID@step {step} = {report['fid']:.2f} (40 samples, euler_maruyama, 5 NFE)" \
-            in result.stdout
+        assert (workdir / "eval" / str(step) / f"{slug}.png").exists()
+        assert not (workdir / "eval" / str(step) / f"{slug}.samples").exists()  # chunks deleted
+    table = result.stdout[result.stdout.index("step  setting"):].splitlines()
+    assert "FID" in table[0] and len(table) == 4  # header, rule, one row per checkpoint
     assert glob.glob(str(workdir / "eval" / "events.out.tfevents.*"))
 
 
 def test_eval_reruns_do_nothing_new(evaluated, stats_dir):
     workdir, _ = evaluated
-    listing = sorted(os.listdir(workdir / "eval"))
-    mtimes = {name: os.stat(workdir / "eval" / name).st_mtime_ns for name in listing}
+    listing = sorted(os.listdir(workdir / "eval" / "6"))
+    mtimes = {name: os.stat(workdir / "eval" / "6" / name).st_mtime_ns for name in listing}
 
     rerun = eval_cli(workdir, stats_dir)
     assert "Nothing to evaluate" in rerun.stdout
     latest = eval_cli(workdir, stats_dir, "--config.eval.checkpoints=latest")
-    assert "FID@step 6 = " in latest.stdout and "existing report" in latest.stdout
-    assert "FID@step 3" not in latest.stdout
+    (line,) = [json.loads(x) for x in latest.stdout.splitlines() if x.startswith("{")]
+    assert line["step"] == 6 and line["existing"] is True
     watch = eval_cli(workdir, stats_dir, "--config.eval.checkpoints=watch",
                      "--config.eval.watch_timeout_s=5")
     assert "Stopped watching" in watch.stdout  # the final step (6) already has its report
 
-    assert sorted(os.listdir(workdir / "eval")) == listing
-    assert {n: os.stat(workdir / "eval" / n).st_mtime_ns for n in listing} == mtimes
+    assert sorted(os.listdir(workdir / "eval" / "6")) == listing
+    assert {n: os.stat(workdir / "eval" / "6" / n).st_mtime_ns for n in listing} == mtimes
+
+
+def test_another_setting_gets_its_own_report_and_sweeps_print_a_table(evaluated, stats_dir):
+    workdir, _ = evaluated
+    before = reports_of(workdir, 6)
+    swept = eval_cli(workdir, stats_dir, "--config.eval.checkpoints=6",
+                     "--config.eval.sweep=sampling.num_steps=2,4")
+    lines = [json.loads(x) for x in swept.stdout.splitlines() if x.startswith("{")]
+    assert [(x["num_steps"], x.get("existing", False)) for x in lines] == [(2, False), (4, True)]
+    after = reports_of(workdir, 6)
+    assert len(after) == 2 and set(before) < set(after)
+    new = after[lines[0]["setting"]]
+    assert new["nfe"] == 3 and new["overrides"] == {"sampling.num_steps": 2}
+    assert "step  setting" in swept.stdout  # the closing table
+    assert swept.stdout.count(lines[0]["setting"]) >= 2  # in its JSON line and in the table
 
 
 def test_eval_rejects_missing_checkpoints(trained, digits_config, tmp_path):
@@ -128,7 +153,8 @@ def test_eval_rejects_missing_checkpoints(trained, digits_config, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_interrupted_eval_resumes_to_the_same_fid(evaluated, stats_dir, digits_config, tmp_path):
+def test_interrupted_eval_resumes_to_the_same_fid_and_resamples_a_damaged_chunk(
+        evaluated, stats_dir, digits_config, tmp_path):
     from diffjax.modes.evaluate import evaluate
 
     workdir, _ = evaluated
@@ -139,28 +165,78 @@ def test_interrupted_eval_resumes_to_the_same_fid(evaluated, stats_dir, digits_c
     out_dir = tmp_path / "eval"
 
     # "Interrupted" after the first of the two chunks of 20 samples.
-    assert evaluate(config, str(workdir), out_dir=str(out_dir), max_chunks=1) == {}
-    chunks = sorted(os.listdir(out_dir / "6.samples"))
-    assert chunks == ["chunk_00000.npz", "meta.json"]
-    assert not (out_dir / "6.json").exists()
-    with np.load(out_dir / "6.samples" / "chunk_00000.npz") as chunk:
+    assert evaluate(config, str(workdir), out_dir=str(out_dir), max_chunks=1) == []
+    (samples,) = glob.glob(str(out_dir / "6" / "*.samples"))
+    assert sorted(os.listdir(samples)) == ["chunk_00000.npz", "meta.json"]
+    assert not glob.glob(str(out_dir / "6" / "*.json"))
+    with np.load(os.path.join(samples, "chunk_00000.npz")) as chunk:
         assert chunk["images"].shape == (20, 8, 8, 1) and chunk["images"].dtype == np.uint8
 
-    resumed = evaluate(config, str(workdir), out_dir=str(out_dir))[6]
-    uninterrupted = read_json(workdir / "eval" / "6.json")
+    # A second interruption, then a truncated chunk: it is discarded and drawn again.
+    assert evaluate(config, str(workdir), out_dir=str(out_dir), max_chunks=1) == []
+    with open(os.path.join(samples, "chunk_00001.npz"), "r+b") as f:
+        f.truncate(100)
+    (resumed,) = evaluate(config, str(workdir), out_dir=str(out_dir))
+    (uninterrupted,) = reports_of(workdir, 6).values()
     assert resumed["fid"] == uninterrupted["fid"]
     assert resumed["kid"] == uninterrupted["kid"]
-    assert read_json(out_dir / "6.json")["fid"] == uninterrupted["fid"]
 
 
-def test_sample_mode_writes_grid_and_arrays(trained):
+def test_eval_skips_an_unreadable_checkpoint_and_removes_its_chunks(evaluated, stats_dir,
+                                                                     digits_config, tmp_path):
+    import shutil
+
+    from diffjax.modes.evaluate import evaluate
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(evaluated[0], workdir)
+    shutil.rmtree(workdir / "eval")
+    shutil.rmtree(workdir / "checkpoints" / "3" / "state" / "ocdbt.process_0")
+    config = digits_config("test")
+    config.eval.reference_split = "test[:40]"
+    config.eval.stats_dir = str(stats_dir)
+    config.eval.num_samples = 20
+    reports = evaluate(config, str(workdir))
+    assert [r["step"] for r in reports] == [3, 6]
+    assert "skipped" in reports[0] and "fid" in reports[1]
+    assert not glob.glob(str(workdir / "eval" / "3" / "*"))
+    assert (workdir / "checkpoints" / "3").exists()  # eval never moves a checkpoint
+
+
+def test_sample_mode_names_outputs_by_setting_and_picks_a_step(trained):
     result = run_cli(TEST_CONFIG, f"--workdir={trained}", "--mode=sample")
-    png, npz = trained / "samples" / "sample_6.png", trained / "samples" / "sample_6.npz"
+    name = "step6_euler_maruyama-4steps_n8_seed0"
+    png, npz = trained / "samples" / f"{name}.png", trained / "samples" / f"{name}.npz"
     assert png.exists() and str(png) in result.stdout and str(npz) in result.stdout
     assert f"{EXPECTED_NFE} NFE" in result.stdout
     with np.load(npz) as stored:
         assert stored["images"].shape == (8, 8, 8, 1) and stored["images"].dtype == np.uint8
         assert "labels" not in stored  # unconditional model
+    other = run_cli(TEST_CONFIG, f"--workdir={trained}", "--mode=sample",
+                    "--config.sampling.checkpoint_step=3", "--config.sampling.num_steps=2",
+                    "--config.sampling.write_pngs=True")
+    folder = trained / "samples" / "step3_euler_maruyama-2steps_n8_seed0"
+    assert sorted(os.listdir(folder)) == [f"{i:06d}.png" for i in range(8)]
+    assert str(folder) in other.stdout and png.exists()  # the first run's files are kept
+
+
+def test_sample_mode_inpaints_from_the_cli(trained):
+    result = run_cli(TEST_CONFIG, f"--workdir={trained}", "--mode=sample",
+                     "--config.sampling.inpaint=left_half", "--config.sampling.method=pc")
+    (npz,) = glob.glob(str(trained / "samples" / "*inpaint-left_half*.npz"))
+    assert npz in result.stdout
+    from diffjax.data import iterate_split
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("d", os.path.join(REPO, "configs", "digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("test")
+    original = next(iterate_split(config.data, "test", 8))["image"]
+    with np.load(npz) as stored:
+        filled = stored["images"]
+    np.testing.assert_array_equal(filled[:, :, 4:], original[:, :, 4:])  # known half kept
+    assert not np.array_equal(filled[:, :, :4], original[:, :, :4])
 
 
 def test_select_steps():

@@ -140,3 +140,46 @@ def test_checkpoints_are_complete(runs, layout):
                                                               "ocdbt.process_1"], per_process
         leftovers = glob.glob(os.path.join(checkpoints, "*tmp*"))
         assert not leftovers, f"unfinished saves: {leftovers}"
+
+
+def test_a_lost_process_ends_the_survivor_in_one_line_keeping_its_checkpoint(tmp_path):
+    """SIGKILL process 1 while both train: process 0 names it in one line within seconds
+    (not the coordination service's abort after the heartbeat timeout) and its newest complete
+    checkpoint stays readable."""
+    import signal
+    import time
+
+    from conftest import BackgroundRun
+
+    port = free_port()
+    args = [f"--config=configs/digits.py:{VARIANT}", f"--workdir={tmp_path}",
+            "--config.training.num_train_steps=100000", "--config.training.log_every_steps=2",
+            "--config.training.checkpoint_every_steps=4", "--config.mesh.data=2"]
+    runs = [BackgroundRun(*args, env={
+        "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "DIFFJAX_CPU_COLLECTIVES": "gloo", "DIFFJAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+        "DIFFJAX_NUM_PROCESSES": "2", "DIFFJAX_PROCESS_ID": str(i)}) for i in range(2)]
+    try:
+        runs[0].wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "8"),
+                         "checkpoint 8", timeout=600)
+        victim = runs[1].process.pid
+        runs[1].process.send_signal(signal.SIGKILL)
+        killed = time.time()
+        returncode = runs[0].finish(timeout=120)
+        elapsed = time.time() - killed
+    finally:
+        for run in runs:
+            if run.process.poll() is None:
+                run.kill()
+    from diffjax.parallel.peers import EXIT_LOST_PROCESS
+
+    assert returncode == EXIT_LOST_PROCESS, runs[0].stderr[-3000:]
+    assert elapsed < 30, f"took {elapsed:.0f}s"
+    (line,) = [x for x in runs[0].stderr.splitlines() if x.startswith("diffjax: error")]
+    assert f"lost process 1 (pid {victim}" in line and "restart every process" in line
+    assert "Fatal Python error" not in runs[0].stderr and "Traceback" not in runs[0].stderr
+    complete = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    assert complete and complete[-1] >= 8 and f"step {complete[-1]}" in line
+    for marker in ("_CHECKPOINT_METADATA", "state/_METADATA", "state/ocdbt.process_0",
+                   "state/ocdbt.process_1"):
+        assert os.path.exists(tmp_path / "checkpoints" / str(complete[-1]) / marker)

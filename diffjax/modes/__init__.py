@@ -13,7 +13,7 @@ import jax
 from diffjax import config_validation, logs, preemption, runtime, workdir_lock
 from diffjax import filesystem as fs
 from diffjax import workdir as workdir_lib
-from diffjax.parallel import distributed
+from diffjax.parallel import distributed, peers
 
 
 def _train(config, workdir: str) -> dict[str, Any]:
@@ -80,6 +80,12 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     try:
         config_validation.validate(config, mode)
         return MODES[mode](config, workdir)
+    except Exception as error:
+        if peers.is_peer_failure(error):
+            raise peers.lost_process_error(
+                error, fs.join(fs.absolute(workdir), "checkpoints")
+                if fs.is_local(workdir) else None) from None
+        raise
     finally:
         if lock is not None:
             lock.release()

@@ -69,7 +69,10 @@ def _known_images(config, count: int) -> np.ndarray:
     if len(pixels) < count:
         raise ValueError(f"sampling.num_samples={count} exceeds the {len(pixels)} images of "
                          f"data.eval_split={config.data.eval_split!r} to inpaint; lower it.")
-    x = pixels.astype(np.float32) / 255.0
+    # The centre of each pixel's dequantisation cell, so that known pixels come back unchanged
+    # through `from_model_range`.
+    x = (pixels.astype(np.float32) + 0.5) / 256.0 if config.data.dequantize else \
+        pixels.astype(np.float32) / 255.0
     return 2.0 * x - 1.0 if config.data.centered else x
 
 
@@ -166,7 +169,7 @@ def sample(config, workdir: str) -> dict[str, Any]:
         return summary
     if mask is not None:
         original = data_lib.from_model_range(known, centered=config.data.centered,
-                                             dequantize=False)
+                                             dequantize=config.data.dequantize)
         masked = (original * mask).astype(np.uint8)
         triples = np.stack([masked, pixels, original], axis=1).reshape(-1, *pixels.shape[1:])
         grid = images.make_grid(triples, columns=3 * min(4, num_samples))

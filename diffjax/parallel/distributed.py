@@ -18,6 +18,8 @@ import os
 
 import jax
 
+from diffjax.parallel import peers
+
 _ENV_ADDRESS = "DIFFJAX_COORDINATOR_ADDRESS"
 _ENV_NUM = "DIFFJAX_NUM_PROCESSES"
 _ENV_ID = "DIFFJAX_PROCESS_ID"
@@ -47,7 +49,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             jax.config.update("jax_cpu_collectives_implementation",
                               os.environ[_ENV_CPU_COLLECTIVES])
         jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+                                   num_processes=num_processes, process_id=process_id,
+                                   heartbeat_timeout_seconds=peers.HEARTBEAT_TIMEOUT_S)
         if os.environ.get(_ENV_CPU_COLLECTIVES):
             # XLA:CPU cache keys differ between processes and only process 0 writes entries, so
             # on a rerun process 0 loads its programs in seconds while the others compile for
@@ -57,9 +60,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     elif _on_cluster():
         local = os.environ.get(_ENV_LOCAL_DEVICES)
         jax.distributed.initialize(
-            local_device_ids=[int(i) for i in local.split(",")] if local else None)
+            local_device_ids=[int(i) for i in local.split(",")] if local else None,
+            heartbeat_timeout_seconds=peers.HEARTBEAT_TIMEOUT_S)
     else:
         return
+    peers.register()
     logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())
 
 

@@ -1,0 +1,368 @@
+"""Reliability: one writer per workdir, damaged checkpoints, config checked before compute,
+disk and path faults (issue #10). Kill tests live in test_cli.py, multi-host loss in
+test_multihost.py.
+
+Most cases run `train()` in-process on copies of one trained workdir (configs/digits.py:test,
+checkpoints at steps 3 and 6), so each costs a restore and a few steps, not a fresh process.
+Disk faults use a small tmpfs in a private mount namespace (`unshare -rm`) where the machine
+allows it; an in-process fault injection covers the same code path everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+TEST_CONFIG = "--config=configs/digits.py:test"
+
+
+def params_of(state) -> dict:
+    import jax
+
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_config):
+    """A finished 6-step run (checkpoints 3 and 6) and its final parameters."""
+    from diffjax.training.loop import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    summary = train(digits_config("test"), str(workdir))
+    return workdir, params_of(summary["state"])
+
+
+@pytest.fixture(scope="module")
+def digits_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_config",
+                                                  os.path.join(REPO, "configs", "digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config
+
+
+def copy_of(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    return workdir
+
+
+# --- one writer per workdir -------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    from diffjax.workdir_lock import WorkdirBusyError, WorkdirLock
+
+    with WorkdirLock(str(tmp_path)):
+        with pytest.raises(WorkdirBusyError) as error:
+            WorkdirLock(str(tmp_path)).acquire()
+        message = str(error.value)
+        assert f"pid {os.getpid()}" in message and socket.gethostname() in message
+        assert "--workdir" in message and "\n" not in message
+    assert not (tmp_path / ".diffjax.lock").exists()  # released on exit
+
+
+def _write_lock(path, **fields):
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": None,
+              "started": time.time(), "heartbeat": time.time(), "purpose": "training",
+              "token": "other", "command": "test"}
+    record.update(fields)
+    path.write_text(json.dumps(record))
+
+
+def test_stale_locks_of_dead_processes_are_reclaimed_with_a_message(tmp_path, caplog):
+    from diffjax.workdir_lock import WorkdirLock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path / ".diffjax.lock", pid=dead.pid)
+    with caplog.at_level(logging.WARNING):
+        with WorkdirLock(str(tmp_path)) as lock:
+            assert lock.held
+    assert f"process {dead.pid} no longer exists" in caplog.text
+
+
+def test_locks_of_other_hosts_expire_by_heartbeat(tmp_path):
+    from diffjax.workdir_lock import STALE_AFTER_S, WorkdirBusyError, WorkdirLock
+
+    path = tmp_path / ".diffjax.lock"
+    _write_lock(path, host="another-host", pid=1)
+    with pytest.raises(WorkdirBusyError, match="another-host"):
+        WorkdirLock(str(tmp_path)).acquire()
+    _write_lock(path, host="another-host", pid=1, heartbeat=time.time() - STALE_AFTER_S - 5)
+    with WorkdirLock(str(tmp_path)) as lock:
+        assert lock.held
+
+
+def test_a_recycled_pid_does_not_keep_a_lock(tmp_path):
+    from diffjax.workdir_lock import WorkdirLock
+
+    # This process is alive, but the record says it started at another time: a recycled pid.
+    _write_lock(tmp_path / ".diffjax.lock", pid=os.getpid(), process_start="1")
+    with WorkdirLock(str(tmp_path)) as lock:
+        assert lock.held
+
+
+def test_the_heartbeat_refreshes_the_lock(tmp_path, monkeypatch):
+    from diffjax import workdir_lock
+
+    monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+    with workdir_lock.WorkdirLock(str(tmp_path)):
+        first = json.loads((tmp_path / ".diffjax.lock").read_text())["heartbeat"]
+        time.sleep(0.5)
+        assert json.loads((tmp_path / ".diffjax.lock").read_text())["heartbeat"] > first
+
+
+def test_two_cli_runs_one_workdir_the_second_ends_at_once(trained, tmp_path):
+    """A live training job holds the lock: a second `train` fails in one line, before it
+    validates or compiles anything; `sample` (read-only) runs beside it."""
+    workdir = copy_of(trained, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        _write_lock(workdir / ".diffjax.lock", pid=holder.pid, process_start=None)
+        start = time.time()
+        result = run_cli(TEST_CONFIG, f"--workdir={workdir}", "--config.seed=3", check=False)
+        assert result.returncode == 1
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+        assert "WorkdirBusyError" in line and f"pid {holder.pid}" in line
+        assert "Traceback" not in result.stderr and "Compiled" not in result.stderr
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+        assert time.time() - start < 60
+        sampled = run_cli(TEST_CONFIG, f"--workdir={workdir}", "--mode=sample")
+        assert "Samples of step 6" in sampled.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------
+
+def _array_files(step_dir):
+    return glob.glob(str(step_dir / "state" / "ocdbt.process_0" / "d" / "*"))
+
+
+DAMAGE = {
+    "truncated array files": lambda d: [open(f, "r+b").truncate(10) for f in _array_files(d)],
+    "random bytes in array files": lambda d: [open(f, "r+b").write(os.urandom(64))
+                                              for f in _array_files(d)],
+    "deleted ocdbt.process_0": lambda d: shutil.rmtree(d / "state" / "ocdbt.process_0"),
+    "deleted _METADATA": lambda d: os.remove(d / "state" / "_METADATA"),
+    "emptied manifest": lambda d: open(d / "state" / "manifest.ocdbt", "w").close(),
+    "deleted data-iterator state": lambda d: shutil.rmtree(d / "data"),
+    "garbage data-iterator state": lambda d: (d / "data" / "metadata").write_text("{garb"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_resumes_from_the_older(
+        trained, digits_config, tmp_path, caplog, damage):
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    DAMAGE[damage](workdir / "checkpoints" / "6")
+    with caplog.at_level(logging.WARNING):
+        summary = train(digits_config("test"), str(workdir))
+    (warning,) = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
+    assert "Checkpoint 6" in warning and "checkpoints.damaged" in warning
+    (moved,) = os.listdir(workdir / "checkpoints.damaged")
+    assert moved.startswith("6-")  # kept, never deleted
+    assert summary["step"] == 6
+    # Resumed from step 3 and retrained steps 4-6: the same parameters as the intact run.
+    for name, value in params_of(summary["state"]).items():
+        np.testing.assert_array_equal(value, trained[1][name], err_msg=name)
+
+
+def test_no_readable_checkpoint_stops_with_the_folder_and_the_fix(trained, digits_config,
+                                                                    tmp_path):
+    from diffjax.checkpointing import CheckpointError
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    for step in ("3", "6"):
+        os.remove(workdir / "checkpoints" / step / "state" / "_METADATA")
+    with pytest.raises(CheckpointError, match="no readable checkpoint in .*checkpoints.*"
+                                              "Delete .* or pass another --workdir"):
+        train(digits_config("test"), str(workdir))
+    assert sorted(x.split("-")[0] for x in os.listdir(workdir / "checkpoints.damaged")) == \
+        ["3", "6"]
+
+
+def test_a_checkpoint_of_another_config_names_the_parameter_and_the_keys(trained,
+                                                                          digits_config,
+                                                                          tmp_path):
+    from diffjax.checkpointing import CheckpointMismatchError
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    config = digits_config("test")
+    config.model.unet.nf = 16
+    with pytest.raises(CheckpointMismatchError) as error:
+        train(config, str(workdir))
+    message = str(error.value)
+    assert "checkpoint 6" in message and "params/" in message and "shape" in message
+    assert "config.model.unet.nf (8 -> 16)" in message
+    assert "strict" not in message
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # nothing moved
+
+
+def test_resume_writes_the_resolved_config(trained):
+    recorded = json.loads((trained[0] / "config.json").read_text())
+    assert recorded["model"]["unet"]["nf"] == 8 and recorded["training"]["num_train_steps"] == 6
+
+
+# --- the config, checked before compute -------------------------------------------------------
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.sampling.method=nonsense", "Unknown sampling.method='nonsense'"),
+    ("--config.training.num_train_steps=-5", "config.training.num_train_steps=-5 must be >= 1"),
+    ("--config.mesh.data=3", "needs 3 devices but 1 are available"),
+    ("--config.training.batch_size=10", "config.training.batch_size=10"),
+    ("--config.sampling.time_grid=warped", "Unknown sampling.time_grid='warped'"),
+    ("--config.data.image_size=12", "does not match 'digits'"),
+    ("--config.data.dataset=cifar100x", "closest: cifar100"),
+    ("--config.eval.checkpoints=newest", "is not a checkpoint selection"),
+])
+def test_bad_configs_fail_before_data_or_compilation(tmp_path, override, expected):
+    extra = ["--config.training.microbatches=3"] if "batch_size" in override else []
+    result = run_cli(TEST_CONFIG, f"--workdir={tmp_path}", override, *extra, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert expected in line, line
+    assert "Traceback" not in result.stderr and "Compiled" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+    assert len(line) < 600  # no TFDS catalogue dump
+
+
+def test_a_conditional_model_on_data_without_labels_is_an_error(digits_config, monkeypatch):
+    from diffjax import config_validation
+    from diffjax import data as data_lib
+
+    class Unlabelled:
+        class info:
+            splits = {"train": None}
+            features = {}
+
+    monkeypatch.setattr(data_lib, "dataset_builder", lambda data_config: Unlabelled)
+    config = digits_config("test,cond")
+    with pytest.raises(config_validation.ConfigError, match="needs class labels.*has none"):
+        config_validation.check_data(config, "train")
+
+
+# --- disk and path faults ----------------------------------------------------------------------
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    target = tmp_path / "not_a_folder"
+    target.write_text("x")
+    result = run_cli(TEST_CONFIG, f"--workdir={target}", check=False)
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert "is a file, not a folder" in line and "Traceback" not in result.stderr
+
+
+def test_a_failed_save_keeps_older_checkpoints_and_is_one_line(trained, digits_config,
+                                                                tmp_path, monkeypatch):
+    """Fault injection in-process: Orbax's save raises ENOSPC for the step-9 checkpoint."""
+    import orbax.checkpoint as ocp
+
+    from diffjax.checkpointing import CheckpointSaveError
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    original = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 9:
+            os.makedirs(os.path.join(self.directory, "9.orbax-checkpoint-tmp-1"), exist_ok=True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    config = digits_config("test")
+    config.training.num_train_steps = 9
+    with pytest.raises(CheckpointSaveError) as error:
+        train(config, str(workdir))
+    message = str(error.value)
+    assert "could not write checkpoint 9" in message and "No space left on device" in message
+    assert "newest complete checkpoint is step 6" in message and "\n" not in message
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6"]  # retention kept the newest
+    # ... and 6 is intact: the next run resumes from it.
+    config.training.num_train_steps = 6
+    monkeypatch.setattr(ocp.CheckpointManager, "save", original)
+    assert train(config, str(workdir))["step"] == 6
+
+
+def _unshare_works() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="no private mount namespaces "
+                                  "here (unshare -rm); the in-process fault injection covers "
+                                  "the save path")
+
+
+def _in_tmpfs(script: str, size: str, tmp_path) -> subprocess.CompletedProcess:
+    """Runs `script` (bash) with $DISK a fresh tmpfs of `size`, in a private mount namespace."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = f"mount -t tmpfs -o size={size} tmpfs {disk} && export DISK={disk} && {script}"
+    return subprocess.run(["unshare", "-rm", "bash", "-c", command], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable})
+
+
+@needs_mounts
+def test_a_disk_too_small_for_a_checkpoint_fails_before_compute(tmp_path):
+    result = _in_tmpfs(f'"$PYTHON" -m diffjax.main {TEST_CONFIG} --workdir=$DISK/run '
+                       f'--config.model.unet.nf=64', "1m", tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert "free but one checkpoint of this state needs about" in line
+    assert "Compiled" not in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_mounts
+def test_a_disk_that_fills_during_training_ends_in_one_line_keeping_the_older_checkpoint(
+        tmp_path):
+    # One checkpoint of this run takes about 1.8 MB: the second one does not fit.
+    result = _in_tmpfs(f'"$PYTHON" -m diffjax.main {TEST_CONFIG} --workdir=$DISK/run; '
+                       f'echo "rc=$?"; ls $DISK/run/checkpoints', "3m", tmp_path)
+    assert "rc=1" in result.stdout, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert "could not write checkpoint" in line and "newest complete checkpoint is step 3" in line
+    assert result.stdout.split("rc=1", 1)[1].split() == ["3"]
+    assert result.stderr.count("Traceback") == 0
+
+
+@needs_mounts
+def test_a_read_only_workdir_fails_before_compute_for_train_and_sample(trained, tmp_path):
+    source = trained[0]
+    script = (f'cp -r {source} $DISK/run && mount -o remount,ro $DISK && '
+              f'"$PYTHON" -m diffjax.main {TEST_CONFIG} --workdir=$DISK/run '
+              f'--config.training.num_train_steps=9; echo "train rc=$?"; '
+              f'"$PYTHON" -m diffjax.main {TEST_CONFIG} --workdir=$DISK/run --mode=sample; '
+              f'echo "sample rc=$?"')
+    result = _in_tmpfs(script, "16m", tmp_path)
+    assert "train rc=1" in result.stdout and "sample rc=1" in result.stdout, result.stderr[-3000:]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert len(lines) == 2 and all("is not writable" in x for x in lines)
+    assert "Read-only file system" in lines[0]
+    assert "Traceback" not in result.stderr and "Compiled" not in result.stderr
