@@ -84,7 +84,9 @@ def write_atomic(path: PathLike, data: bytes | str) -> str:
     """
     payload = data.encode() if isinstance(data, str) else data
     if not is_local(path):
-        as_path(path).write_bytes(payload)
+        target = as_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)  # a no-op on object stores
+        target.write_bytes(payload)
         return str(path)
     path = os.path.abspath(os.path.expanduser(str(path)))
     directory = os.path.dirname(path)

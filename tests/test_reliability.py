@@ -299,7 +299,8 @@ def test_a_failed_save_keeps_older_checkpoints_and_is_one_line(trained, digits_c
     message = str(error.value)
     assert "could not write checkpoint 9" in message and "No space left on device" in message
     assert "newest complete checkpoint is step 6" in message and "\n" not in message
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["6"]  # retention kept the newest
+    # The older checkpoints are untouched and the partial save is gone ...
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     # ... and 6 is intact: the next run resumes from it.
     config.training.num_train_steps = 6
     monkeypatch.setattr(ocp.CheckpointManager, "save", original)

@@ -10,6 +10,8 @@ long as the features come from ``diffjax.evaluation.inception``.
 
 from __future__ import annotations
 
+import io
+
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 import scipy.special
+
+from diffjax import filesystem as fs
 
 # Only used when sigma1 @ sigma2 is numerically singular (e.g. fewer samples
 # than feature dimensions); same value as pytorch-fid.
@@ -115,11 +119,13 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray, method: str 
 
 def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write ``mu`` and ``sigma`` to an .npz (same keys as TTUR / pytorch-fid files)."""
-    np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    fs.write_atomic(str(path), buffer.getvalue())
 
 
 def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as stats:
+    with np.load(io.BytesIO(fs.read_bytes(str(path)))) as stats:
         if "mu" not in stats or "sigma" not in stats:
             raise KeyError(
                 f"{path} has keys {sorted(stats.files)}, not 'mu' and 'sigma'; "

@@ -1,0 +1,147 @@
+"""What a run logs: each scalar once per logged step from one source, the learning rate and its
+schedules, an optional W&B writer (never the network in tests), and a quiet console."""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+
+def scalar_events(workdir) -> dict[str, list[tuple[int, float]]]:
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    (path,) = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    accumulator = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    scalars = {}
+    for tag in accumulator.Tags()["tensors"]:
+        values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+        if all(np.ndim(v) == 0 for _, v in values):  # images are tensors too
+            scalars[tag] = [(step, float(v)) for step, v in values]
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("logged")
+    result = run_cli("--config=configs/digits.py:test", f"--workdir={workdir}",
+                     "--config.optim.schedule=cosine", "--config.optim.min_lr_ratio=0.1")
+    return workdir, result
+
+
+def test_every_scalar_is_written_once_per_logged_step(logged_run):
+    workdir, _ = logged_run
+    events = scalar_events(workdir)
+    for tag in ("loss", "grad_norm", "steps_per_sec", "examples_per_sec", "lr"):
+        steps = [step for step, _ in events[tag]]
+        assert steps == [2, 4, 6], (tag, steps)  # log_every_steps=2 in the test config
+    assert "uptime" not in events  # clu's ReportProgress is gone: one source of steps/s
+
+
+def test_the_learning_rate_follows_the_configured_schedule(logged_run, digits_config):
+    from diffjax.optimizer import learning_rate_schedule
+
+    workdir, _ = logged_run
+    config = digits_config("test")
+    config.optim.schedule, config.optim.min_lr_ratio = "cosine", 0.1
+    schedule = learning_rate_schedule(config.optim, config.training.num_train_steps)
+    logged = dict(scalar_events(workdir)["lr"])
+    for step, value in logged.items():
+        np.testing.assert_allclose(value, float(schedule(step - 1)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
+def test_schedules_warm_up_then_reach_their_end_value(name, digits_config):
+    from diffjax.optimizer import learning_rate_schedule
+
+    optim = digits_config("test").optim
+    optim.lr, optim.warmup_steps, optim.schedule, optim.min_lr_ratio = 1e-3, 10, name, 0.1
+    schedule = learning_rate_schedule(optim, total_steps=110)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-6)
+    end = 1e-3 if name == "constant" else 1e-4
+    np.testing.assert_allclose(float(schedule(110)), end, rtol=1e-5)
+    if name == "cosine":
+        np.testing.assert_allclose(float(schedule(60)), 1e-4 + 0.5 * 9e-4, rtol=1e-5)
+    if name == "linear":
+        np.testing.assert_allclose(float(schedule(60)), 1e-3 - 0.5 * 9e-4, rtol=1e-5)
+
+
+def test_a_decay_schedule_needs_room_after_the_warm_up(digits_config):
+    from diffjax.optimizer import learning_rate_schedule
+
+    optim = digits_config("test").optim
+    optim.schedule, optim.warmup_steps = "cosine", 100
+    with pytest.raises(ValueError, match="decay_steps"):
+        learning_rate_schedule(optim, total_steps=50)
+
+
+def test_the_console_is_quiet(logged_run):
+    _, result = logged_run
+    noise = ("oneDNN", "absl::InitializeLog", "OpenCV", "Setting work unit notes", "\x1b[", "\r")
+    for text in noise:
+        assert text not in result.stderr, text
+    progress = [line for line in result.stderr.splitlines() if "step 6/6" in line]
+    assert len(progress) == 1 and "loss" in progress[0] and "lr" in progress[0]
+
+
+def test_help_prints_usage_and_exits_zero():
+    for flag in ("--help", "-h", "--helpfull"):
+        result = run_cli(flag, check=False)
+        assert result.returncode == 0, (flag, result.stderr[-1000:])
+        assert "--mode" in result.stdout and "eval" in result.stdout
+        assert "Unknown command line flag" not in result.stderr
+
+
+def test_the_wandb_writer_logs_scalars_images_and_the_config(digits_config, monkeypatch,
+                                                             tmp_path):
+    calls = collections.defaultdict(list)
+
+    class Run:
+        config = types.SimpleNamespace(update=lambda values, **kw: calls["config"].append(values))
+
+        def log(self, values, step):
+            calls["log"].append((step, values))
+
+        def finish(self):
+            calls["finish"].append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls["init"].append(kwargs) or Run()
+    fake.Image = lambda array: ("image", np.asarray(array).shape)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from diffjax.metric_writers import create_writer
+
+    config = digits_config("test")
+    config.training.wandb_project, config.training.wandb_mode = "diffjax-tests", "offline"
+    writer = create_writer(str(tmp_path), config, is_chief=True)
+    writer.write_scalars(2, {"loss": np.float32(0.5)})
+    writer.write_images(2, {"samples": np.zeros((1, 16, 16, 1), np.uint8)})
+    writer.flush()
+    writer.close()
+    (init,) = calls["init"]
+    assert init["project"] == "diffjax-tests" and init["mode"] == "offline"
+    assert init["config"]["model"]["unet"]["nf"] == 8
+    assert calls["log"][0] == (2, {"loss": 0.5})
+    assert calls["log"][1][1]["samples"] == [("image", (16, 16))]
+    assert calls["finish"] == [True]
+
+
+def test_wandb_without_the_package_is_one_clear_error(digits_config, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    from diffjax.metric_writers import create_writer
+
+    config = digits_config("test")
+    config.training.wandb_project = "x"
+    with pytest.raises(ValueError, match=r"pip install \"diffjax\[wandb\]\""):
+        create_writer(str(tmp_path), config, is_chief=True)
