@@ -11,7 +11,6 @@ long as the features come from ``diffjax.evaluation.inception``.
 from __future__ import annotations
 
 import io
-
 import warnings
 from pathlib import Path
 from typing import NamedTuple
