@@ -190,7 +190,6 @@ class WorkdirLock:
         if record is not None and record.get("token") == self.token:
             fs.remove(self.path)
         self.held = False
-        _HELD.pop(self.path, None)
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
@@ -199,9 +198,11 @@ class WorkdirLock:
         self.release()
 
 
-# Locks this process holds, by path: the CLI takes the lock before validating the config (so a
-# second writer fails at once), and `train()` finds it here instead of taking it again.
-_HELD: dict[str, WorkdirLock] = {}
+# Workdirs whose lock this job already holds, by path: the CLI takes the lock before validating
+# the config (so a second writer fails at once) and `train()` finds it here instead of taking it
+# again. Every process records the path (process 0 with its lock, the others with None), so
+# all of them skip the agreement collective together.
+_HELD: dict[str, "WorkdirLock | None"] = {}
 
 
 def lock_for_job(workdir: str, purpose: str = "training") -> WorkdirLock | None:
@@ -215,7 +216,7 @@ def lock_for_job(workdir: str, purpose: str = "training") -> WorkdirLock | None:
     from diffjax.parallel.distributed import broadcast_from_chief
 
     path = fs.join(fs.absolute(workdir), LOCK_FILE)
-    if path in _HELD and _HELD[path].held:
+    if path in _HELD:
         return _HELD[path]
     lock, message = None, ""
     if jax.process_index() == 0:
@@ -226,6 +227,17 @@ def lock_for_job(workdir: str, purpose: str = "training") -> WorkdirLock | None:
     if not broadcast_from_chief(int(lock is not None) if jax.process_index() == 0 else 0):
         raise WorkdirBusyError(message or "process 0 could not take the workdir lock (see its "
                                           "log); another job writes to this workdir.")
-    if lock is not None:
-        _HELD[path] = lock
+    _HELD[path] = lock
     return lock
+
+
+def lock_held(workdir: str) -> bool:
+    """Whether this job took the workdir's lock already (the same answer on every process)."""
+    return fs.join(fs.absolute(workdir), LOCK_FILE) in _HELD
+
+
+def release_job_lock(workdir: str) -> None:
+    """Releases what `lock_for_job` took (on every process, so all forget it together)."""
+    lock = _HELD.pop(fs.join(fs.absolute(workdir), LOCK_FILE), None)
+    if lock is not None:
+        lock.release()

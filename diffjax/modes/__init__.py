@@ -71,12 +71,12 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     if jax.process_index() == 0:
         logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
                      jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
-    lock = None
-    if mode in WRITING_MODES:
+    writes = mode in WRITING_MODES
+    if writes:
         # Before the (seconds-long) validation, so that a second writer is refused at once.
         if jax.process_index() == 0:
             workdir_lib.check_writable(fs.absolute(workdir))
-        lock = workdir_lock.lock_for_job(workdir)
+        workdir_lock.lock_for_job(workdir)
     try:
         config_validation.validate(config, mode)
         return MODES[mode](config, workdir)
@@ -87,5 +87,5 @@ def run(config, workdir: str, mode: str = "train") -> Any:
                 if fs.is_local(workdir) else None) from None
         raise
     finally:
-        if lock is not None:
-            lock.release()
+        if writes:
+            workdir_lock.release_job_lock(workdir)

@@ -37,7 +37,7 @@ from diffjax.train_state import TrainState, count_params, create_state, state_by
 from diffjax.training.progress import Progress
 from diffjax.training.step import make_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
-from diffjax.workdir_lock import lock_for_job
+from diffjax.workdir_lock import lock_for_job, lock_held, release_job_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -139,9 +139,9 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     if is_chief:
         workdir_lib.prepare_for_writing(workdir, checkpoint_bytes=checkpoint_bytes)
     # Process 0 holds the lock for the whole run (taken here unless the CLI already took it).
-    lock = lock_for_job(workdir)
-    if lock is not None:
-        context.callback(lock.release)
+    if not lock_held(workdir):
+        lock_for_job(workdir)
+        context.callback(release_job_lock, workdir)
 
     checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
                                 async_save=t_cfg.async_checkpointing)
