@@ -29,6 +29,7 @@ import uuid
 from typing import Any
 
 from diffjax import filesystem as fs
+from diffjax import local_processes
 
 LOCK_FILE = ".diffjax.lock"
 HEARTBEAT_S = 30.0
@@ -40,26 +41,6 @@ _WRITE_GRACE_S = 5.0
 
 class WorkdirBusyError(RuntimeError):
     """Another live job writes to this workdir; the message names it and the fixes."""
-
-
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), which distinguishes a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def describe_holder(record: dict[str, Any]) -> str:
@@ -76,10 +57,10 @@ def staleness(record: dict[str, Any], *, now: float | None = None,
     host = host or socket.gethostname()
     pid = int(record.get("pid", -1))
     if record.get("host") == host:
-        if not _process_exists(pid):
+        if not local_processes.alive(pid):
             return f"process {pid} no longer exists"
         started = record.get("process_start")
-        if started is not None and _process_start_time(pid) not in (None, started):
+        if started is not None and local_processes.start_time(pid) not in (None, started):
             return f"pid {pid} now belongs to another process"
         return None
     age = now - float(record.get("heartbeat", 0))
@@ -102,7 +83,7 @@ class WorkdirLock:
     def _record(self) -> dict[str, Any]:
         now = time.time()
         return {"host": socket.gethostname(), "pid": os.getpid(),
-                "process_start": _process_start_time(os.getpid()), "started": now,
+                "process_start": local_processes.start_time(os.getpid()), "started": now,
                 "heartbeat": now, "purpose": self.purpose, "token": self.token,
                 "command": " ".join(sys.argv)[:500]}
 

@@ -106,6 +106,7 @@ LOCAL_ONLY = {
     "diffjax/filesystem.py": "the path layer itself",
     "diffjax/workdir_lock.py": "O_EXCL creation and /proc checks exist only on local disks",
     "diffjax/workdir.py": "free-space and file-type checks of local disks",
+    "diffjax/local_processes.py": "reads /proc",
     "diffjax/torch_files.py": "reads a local .pt file given by the user",
     "diffjax/evaluation/inception_weights.py": "the weights cache in the home directory",
     "diffjax/evaluation/fetch_weights.py": "pip",

@@ -25,6 +25,8 @@ import socket
 
 import jax
 
+from diffjax import local_processes
+
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("DIFFJAX_HEARTBEAT_TIMEOUT_S", "60"))
 EXIT_LOST_PROCESS = 75  # EX_TEMPFAIL: restart the job to resume from the newest checkpoint
 _KEY = "diffjax/peers/{}"
@@ -71,20 +73,6 @@ def is_peer_failure(error: BaseException) -> bool:
         any(marker in text for marker in _FAILURE_MARKERS)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process stays a zombie until its parent (the launcher) reaps it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def lost_processes(error: BaseException) -> list[int]:
     """The processes that look gone: dead pids on this host, or the host the error names."""
     me, host = jax.process_index(), socket.gethostname()
@@ -95,7 +83,7 @@ def lost_processes(error: BaseException) -> list[int]:
         if index == me:
             continue
         if record["host"] == host:
-            if not _alive(int(record["pid"])):
+            if not local_processes.alive(int(record["pid"])):
                 lost.append(index)
         elif peer_ips & set(record.get("addresses", [])):
             lost.append(index)
