@@ -18,10 +18,15 @@ from diffjax.latents.first_stage import (build_autoencoder, latent_scale_shift, 
 from diffjax.latents.objective import autoencoder_loss, reconstruct
 from diffjax.latents.posterior import (kl_to_standard_normal, sample_model_latents,
                                        to_model_space)
+from diffjax.latents.reader import (LatentSource, check_latent_metadata, read_latent_batch,
+                                    read_metadata)
 from diffjax.latents.vae import VAE, load_vae
+from diffjax.latents.writer import LatentPlan, finalize, make_plan, write_shards
 
 __all__ = [
-    "AutoencoderKL", "VAE", "autoencoder_loss", "build_autoencoder", "kl_to_standard_normal",
-    "latent_scale_shift", "latent_shape", "load_vae", "reconstruct", "sample_model_latents",
-    "save_diffusers_folder", "to_model_space", "vae_from_config",
+    "AutoencoderKL", "LatentPlan", "LatentSource", "VAE", "autoencoder_loss",
+    "build_autoencoder", "check_latent_metadata", "finalize", "kl_to_standard_normal",
+    "latent_scale_shift", "latent_shape", "load_vae", "make_plan", "read_latent_batch",
+    "read_metadata", "reconstruct", "sample_model_latents", "save_diffusers_folder",
+    "to_model_space", "vae_from_config", "write_shards",
 ]
