@@ -35,11 +35,15 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return array[top:top + size, left:left + size]
 
 
-def views(images: np.ndarray, num_views: int) -> np.ndarray:
-    """[B, H, W, C] -> [B, num_views, H, W, C]: the images, then (num_views = 2) their mirror."""
+def check_num_views(num_views: int) -> None:
     if num_views not in (1, 2):
         raise ValueError(f"data.latent_views={num_views}; use 1 (images as they are) or 2 "
                          f"(also their horizontal flips).")
+
+
+def views(images: np.ndarray, num_views: int) -> np.ndarray:
+    """[B, H, W, C] -> [B, num_views, H, W, C]: the images, then (num_views = 2) their mirror."""
+    check_num_views(num_views)
     stacked = [images, images[:, :, ::-1]][:num_views]
     return np.stack(stacked, axis=1)
 

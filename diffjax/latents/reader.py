@@ -15,7 +15,7 @@ import numpy as np
 
 from diffjax import filesystem
 from diffjax.data.pipeline import DataError
-from diffjax.latents import records
+from diffjax.latents import first_stage, records
 
 
 def read_metadata(directory: str) -> dict[str, Any]:
@@ -93,8 +93,6 @@ def check_latent_metadata(metadata: dict[str, Any], config, *, vae=None,
     recorded at encoding; and, given the `vae` that will decode samples, that it is the VAE that
     encoded the latents and uses the same scale and shift.
     """
-    from diffjax.latents import first_stage
-
     where = f"the latents in {config.data.latent_dir or 'data.latent_dir'}"
     if metadata["dataset"] != config.data.dataset:
         raise DataError(f"{where} encode dataset {metadata['dataset']!r}; set "

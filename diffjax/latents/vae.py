@@ -85,7 +85,7 @@ class VAE:
         specs = nn.get_partition_spec(abstract)["params"]
         self.param_shardings = tree_shardings(specs, nn.unbox(abstract["params"]), self.mesh,
                                               tuple(rules))
-        self.params = jax.device_put(params, self.param_shardings)
+        self.params = jax.device_put(nn.unbox(params), self.param_shardings)
         batch = batch_sharding(self.mesh)
 
         def encode(params, images):

@@ -11,6 +11,8 @@ same whatever the number of processes. Nothing half-written is ever taken as com
   process finished), once every shard is there with the expected number of records.
 
 A rerun skips complete shards and rewrites incomplete ones: it continues where it stopped.
+Shards are written by ArrayRecord's own file layer: use a local or mounted (gcsfuse) directory
+(the JSON files go through diffjax/filesystem.py).
 
 Typical use (what `--mode=encode_latents` does on every process):
 
@@ -78,7 +80,7 @@ def make_plan(config, vae, split: str, num_examples: int, *,
     """The plan of encoding `split` of config.data.dataset with `vae` (a `VAE`)."""
     d = config.data
     records.storage_dtype(d.latent_dtype)
-    preprocessing.views(np.zeros((1, 1, 1, 1)), d.latent_views)  # validates the view count
+    preprocessing.check_num_views(d.latent_views)
     return LatentPlan(
         dataset=d.dataset, split=split, num_examples=int(num_examples),
         resolution=int(d.image_size), num_channels=int(d.num_channels),
@@ -209,8 +211,8 @@ def write_shards(directory: str, source, encode_fn: EncodeFn, plan: LatentPlan, 
     is passed so it compiles once. `progress(n)` is called after every n images written.
     """
     if len(source) != plan.num_examples:
-        raise DataError(f"The split has {len(source)} examples but the plan says "
-                        f"{plan.num_examples}.")
+        raise DataError(f"The split has {len(source)} examples but the plan was made for "
+                        f"{plan.num_examples}; make the plan with len(source).")
     _check_plan(directory, plan)
     todo = pending_shards(directory, plan, process_index, process_count)
     for index in todo:
