@@ -167,7 +167,8 @@ class VAE:
                 part = (jnp.pad(part, pad) if isinstance(part, jax.Array)
                         else np.pad(np.asarray(part), pad))
             if not isinstance(part, jax.Array):
-                part = jax.device_put(np.asarray(part, np.float32), sharding)
+                part = np.asarray(part, np.float32)
+            part = jax.device_put(part, sharding)  # also lays out arrays of another mesh
             out = fn(self.params, part)
             outputs.append(out if size == chunk else jax.tree.map(lambda a: a[:size], out))
         if len(outputs) == 1:
