@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     data.centered = True  # [-1, 1] (VP family) or [0, 1] (VE)
     data.dequantize = True
     data.random_flip = False
+    # Latent diffusion: a latent dataset written by --mode=encode_latents (diffjax/latents/).
+    data.latent_dir = ""  # "" = train on pixels
+    data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
+    data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"  # "unet" or "dit"
@@ -58,6 +62,27 @@ def base_config() -> ml_collections.ConfigDict:
     dit.num_heads = 6
     dit.mlp_ratio = 4.0
     dit.pos_embed = "sincos"
+
+    # The first stage of latent diffusion: diffusers' AutoencoderKL (diffjax/latents/). Defaults
+    # are the SD-VAE (kl-f8) and LDM's first-stage objective without LPIPS and discriminator.
+    config.autoencoder = autoencoder = ml_collections.ConfigDict()
+    autoencoder.pretrained = ""  # diffusers folder (or pipeline root with vae/); "" = train one
+    autoencoder.block_out_channels = (128, 256, 512, 512)  # downsampling 2^(len - 1)
+    autoencoder.layers_per_block = 2
+    autoencoder.latent_channels = 4
+    autoencoder.norm_num_groups = 32
+    autoencoder.mid_block_attention = True
+    autoencoder.use_quant_conv = True
+    autoencoder.use_post_quant_conv = True
+    # Model-space latents (z - shift) * scale; None = config.json's scaling_factor / shift_factor
+    # for a pretrained VAE, 1.0 / 0.0 for a trained one.
+    autoencoder.scale = config_dict.placeholder(float)
+    autoencoder.shift = config_dict.placeholder(float)
+    autoencoder.dtype = "float32"  # compute dtype; parameters stay float32
+    autoencoder.batch_size = 64  # images per encode/decode call (global)
+    autoencoder.kl_weight = 1e-6  # LDM kl-f8
+    autoencoder.reconstruction_loss = "l1"  # "l1" (LDM) or "l2", summed over pixels
+    autoencoder.sample_posterior = True  # decode a posterior sample (True) or the mean in training
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.name = "vp"  # "vp", "subvp" or "ve"
