@@ -8,7 +8,6 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from diffjax.models.dit import (
-    DIT_SIZES,
     DiT,
     DiTBlock,
     dit_kwargs,

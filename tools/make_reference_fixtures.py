@@ -65,8 +65,10 @@ def import_score_sde(root: str):
     op.upfirdn2d = namespace["upfirdn2d"]
     sys.modules["op"] = op
     sys.path.insert(0, root)
-    import ml_collections  # noqa: F401  (score_sde configs need it)
-    from models import ema, ncsnpp, utils  # noqa: F401
+    import importlib
+
+    for name in ("models.ema", "models.ncsnpp", "models.utils"):
+        importlib.import_module(name)
     return sys.modules["models"]
 
 
