@@ -159,12 +159,26 @@ def _load_legacy_checkpoint(path: Path) -> Any:
             stream, f"{path} is neither a zip nor a legacy PyTorch checkpoint.")
 
 
+class _PlainValueUnpickler(pickle.Unpickler):
+    """For the header records of a legacy file (numbers, dicts, lists): no globals at all."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a file header")
+
+
+def _load_value(stream: BinaryIO) -> Any:
+    return _PlainValueUnpickler(stream).load()
+
+
 def _load_legacy_stream(stream: BinaryIO, not_torch_message: str) -> Any:
-    magic = pickle.load(stream)
+    try:
+        magic = _load_value(stream)
+    except pickle.UnpicklingError:
+        raise ValueError(not_torch_message) from None
     if magic != _LEGACY_MAGIC_NUMBER:
         raise ValueError(not_torch_message)
-    pickle.load(stream)  # protocol version
-    pickle.load(stream)  # sys info (endianness, type sizes)
+    _load_value(stream)  # protocol version
+    _load_value(stream)  # sys info (endianness, type sizes)
     pending: dict[str, tuple[np.dtype, np.ndarray]] = {}
 
     # Storage bytes come after the object pickle, so hand out empty arrays
@@ -185,7 +199,7 @@ def _load_legacy_stream(stream: BinaryIO, not_torch_message: str) -> Any:
         return placeholder
 
     result = _TorchUnpickler(stream, load_storage, deferred_rebuild).load()
-    storage_keys = pickle.load(stream)
+    storage_keys = _load_value(stream)
     for key in storage_keys:
         dtype, buffer = pending[str(key)]
         (numel,) = struct.unpack("<q", stream.read(8))

@@ -260,7 +260,11 @@ def test_pickles_never_run_code(tmp_path):
     path.write_bytes(pickle.dumps({"ema": Exploit()}))
     loaded = load_plain_pickle(path)
     assert isinstance(loaded["ema"], PickledObject) and not marker.exists()
-    from diffjax.convert import edm
+    from diffjax.convert import load
 
     with pytest.raises(ValueError, match="not an EDM network pickle"):
-        edm.read(str(path))
+        load("edm", str(path))
+    # The torch.save readers (score_sde, DiT) refuse it before unpickling anything.
+    with pytest.raises(ValueError, match="not a dit checkpoint"):
+        load("dit", str(path))
+    assert not marker.exists()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
+import zipfile
 from typing import Any, Callable
 
 from diffjax import filesystem
@@ -50,7 +52,15 @@ def load(source: str, checkpoint: str):
     if not filesystem.exists(checkpoint):
         raise FileNotFoundError(f"No checkpoint file {checkpoint}; check --checkpoint.")
     with filesystem.open_file(checkpoint) as stream:
-        return reader(io.BytesIO(stream.read()))
+        data = io.BytesIO(stream.read())
+    try:
+        return reader(data)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError,
+            ValueError) as error:
+        if isinstance(error, ValueError) and "--source" in str(error):
+            raise
+        raise ValueError(f"{checkpoint} is not a {source} checkpoint ({type(error).__name__}: "
+                         f"{error}); check --source.") from None
 
 
 def convert_params(source: str, checkpoint: str, config) -> tuple[Target, dict, dict, int]:
