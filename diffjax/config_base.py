@@ -35,25 +35,36 @@ def base_config() -> ml_collections.ConfigDict:
     data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "unet"  # "unet" or "dit"
+    model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
     model.parameterization = "noise"  # network predicts the noise ("noise") or the score
     model.scale_input = False  # feed x / sqrt(alpha^2 sigma_data^2 + sigma^2)
     model.sigma_data = 0.5
     model.conditional = False  # class-conditional (labels from the dataset)
     model.label_dropout = 0.1  # probability of the null label, for classifier-free guidance
     model.dropout = 0.1
-    model.noise_embedding = "positional"  # "positional" (VP) or "fourier" (VE)
+    model.noise_embedding = "positional"  # "positional" (999 t, VP) or "fourier" (log sigma, VE)
     model.fourier_scale = 16.0
     model.dtype = "float32"  # compute dtype; parameters stay float32
     model.remat = False  # rematerialise network blocks (saves memory, costs compute)
+    # score_sde's NCSNpp switches (models/ncsnpp.py); DDPM++ cont. (VP) values by default.
     model.unet = unet = ml_collections.ConfigDict()
     unet.nf = 128
     unet.ch_mult = (1, 2, 2, 2)
     unet.num_res_blocks = 4
     unet.attn_resolutions = (16,)
-    unet.resblock_type = "biggan"
-    unet.skip_rescale = True
-    unet.init_scale = 0.0
+    unet.resblock_type = "biggan"  # "biggan" (resampling inside residual blocks) or "ddpm"
+    unet.resamp_with_conv = True
+    unet.fir = False  # FIR up/down-sampling (NCSN++)
+    unet.fir_kernel = (1, 3, 3, 1)
+    unet.skip_rescale = True  # residual sums divided by sqrt(2)
+    unet.progressive = "none"  # output pyramid: "none", "output_skip", "residual"
+    unet.progressive_input = "none"  # input pyramid: "none", "input_skip", "residual" (NCSN++)
+    unet.progressive_combine = "sum"  # "sum" or "cat"
+    unet.init_scale = 0.0  # scale of output-layer init; 0 = 1e-10 as score_sde
+    unet.nonlinearity = "swish"  # "swish", "elu", "relu", "lrelu"
+    unet.noise_conditional = True  # score_sde's model.conditional (noise-level conditioning)
+    unet.scale_by_sigma = False  # output / exp(noise_cond) = output / sigma (VE only)
+    unet.label_embedding = "embedding"  # class table added to the "embedding" or "noise_features"
     model.dit = dit = ml_collections.ConfigDict()
     dit.size = ""  # "S", "B", "L", "XL" set depth/width/heads; "" uses the fields below
     dit.patch_size = 2
@@ -62,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     dit.num_heads = 6
     dit.mlp_ratio = 4.0
     dit.pos_embed = "sincos"
+    dit.learn_sigma = False  # DiT's 2C-channel output: the noise, then the variance interpolation
 
     # The first stage of latent diffusion: diffusers' AutoencoderKL (diffjax/latents/). Defaults
     # are the SD-VAE (kl-f8) and LDM's first-stage objective without LPIPS and discriminator.

@@ -1,7 +1,8 @@
 """Shared starting points for config files, like score_sde's `default_cifar10_configs.py`.
 
 A preset fills the sections a family of configs agrees on; the config file then states what makes
-it different (model, SDE, sampler), so each file reads as its delta from the paper's setting.
+it different (network switches, SDE, sampler), so each file reads as its delta from the paper's
+setting.
 """
 
 from __future__ import annotations
@@ -12,38 +13,55 @@ from diffjax.config_base import base_config
 
 
 def score_sde_cifar10(*, deep: bool = False) -> ml_collections.ConfigDict:
-    """Song et al. (2021) CIFAR-10 settings: data, DDPM++/NCSN++ trunk, training, optimizer."""
+    """Song et al. (2021), score_sde's `default_cifar10_configs.py` with the NCSNpp trunk its
+    CIFAR-10 configs share: data, network, training, optimizer, evaluation."""
     config = base_config()
     config.data.dataset = "cifar10"
     config.data.image_size = 32
     config.data.num_channels = 3
     config.data.num_classes = 10
-    config.data.centered = True
     config.data.random_flip = True
+    config.data.dequantize = False  # score_sde trains on x / 255 (uniform_dequantization=False)
 
-    config.model.name = "unet"
+    config.model.name = "ncsnpp"
+    config.model.conditional = False
     config.model.dropout = 0.1
-    config.model.unet.nf = 128
-    config.model.unet.ch_mult = (1, 2, 2, 2)
-    config.model.unet.num_res_blocks = 8 if deep else 4
-    config.model.unet.attn_resolutions = (16,)
-    config.model.unet.resblock_type = "biggan"
-    config.model.unet.skip_rescale = True
-    config.model.unet.init_scale = 0.0
+    config.model.fourier_scale = 16.0
+    u = config.model.unet
+    u.nf = 128
+    u.ch_mult = (1, 2, 2, 2)
+    u.num_res_blocks = 8 if deep else 4
+    u.attn_resolutions = (16,)
+    u.resblock_type = "biggan"
+    u.resamp_with_conv = True
+    u.fir_kernel = (1, 3, 3, 1)
+    u.skip_rescale = True
+    u.progressive = "none"
+    u.progressive_combine = "sum"
+    u.init_scale = 0.0
+    u.nonlinearity = "swish"
+    u.noise_conditional = True
 
     config.training.batch_size = 128
-    config.training.num_train_steps = 1_300_001
+    config.training.num_train_steps = 950_001 if deep else 1_300_001
     config.training.checkpoint_every_steps = 50_000
     config.training.sample_every_steps = 50_000
-    config.training.ema_decay = 0.9999
     config.training.eps = 1e-5
-    config.training.reduce_mean = False
+    config.training.likelihood_weighting = False
 
+    config.optim.optimizer = "adam"
     config.optim.lr = 2e-4
+    config.optim.beta1 = 0.9
+    config.optim.beta2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.weight_decay = 0.0
     config.optim.warmup_steps = 5000
     config.optim.grad_clip = 1.0
 
-    config.sampling.num_steps = 1000
+    config.sampling.num_steps = 1000  # score_sde's sde.N = model.num_scales
+    config.sampling.snr = 0.16
+    config.sampling.corrector_steps = 1
+    config.sampling.denoise = True  # score_sde's sampling.noise_removal
 
     config.eval.num_samples = 50_000
     config.eval.batch_size = 1000

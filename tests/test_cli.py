@@ -46,8 +46,8 @@ def test_rerun_resumes_from_the_newest_checkpoint(tmp_path):
     assert "Resumed from" in result.stderr and "at step 6" in result.stderr
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6", "9"] or \
         sorted(os.listdir(tmp_path / "checkpoints")) == ["6", "9"]
-    np.testing.assert_array_equal(read_params(tmp_path, 6)["['Conv_0']['kernel']"],
-                                  before["['Conv_0']['kernel']"])
+    np.testing.assert_array_equal(read_params(tmp_path, 6)["['conv_in']['kernel']"],
+                                  before["['conv_in']['kernel']"])
 
 
 @pytest.mark.parametrize("override, expected", [

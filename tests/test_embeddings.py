@@ -13,6 +13,7 @@ from diffjax.models.embeddings import (
     GaussianFourierEmbedding,
     LabelEmbedding,
     NoiseLevelEmbedding,
+    score_sde_timestep_embedding,
     timestep_embedding,
 )
 
@@ -35,6 +36,20 @@ def test_timestep_embedding_matches_numpy_formula(dim):
     assert got.shape == (5, dim) and got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), _numpy_sinusoidal(noise_cond, dim),
                                atol=2e-4)
+
+
+@pytest.mark.parametrize('dim', [8, 33, 128])
+def test_score_sde_embedding_matches_its_formula(dim):
+    """score_sde's layers.get_timestep_embedding: exp(-ln(1e4) k / (half - 1)), [sin, cos]."""
+    noise_cond = np.array([0.0, 1.0, 17.5, 999.0])
+    half = dim // 2
+    angles = noise_cond[:, None] * np.exp(-math.log(10000.0) * np.arange(half) / (half - 1))
+    expected = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    if dim % 2:
+        expected = np.pad(expected, ((0, 0), (0, 1)))
+    got = score_sde_timestep_embedding(jnp.asarray(noise_cond), dim)
+    assert got.shape == (4, dim)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-4)
 
 
 def test_timestep_embedding_rejects_non_vector_input():

@@ -23,16 +23,27 @@ def _num_classes(config) -> int:
     return int(config.data.num_classes) if config.model.conditional else 0
 
 
-def build_unet(config) -> nn.Module:
-    from diffjax.models.unet import UNet
+def build_ncsnpp(config) -> nn.Module:
+    """score_sde's NCSN++ network (DDPM++ and NCSN++ are its configurations)."""
+    from diffjax.models.ncsnpp import NCSNpp
 
     m, u = config.model, config.model.unet
-    return UNet(
+    if u.scale_by_sigma and config.sde.name != "ve":
+        raise ValueError(
+            f"model.unet.scale_by_sigma divides the output by exp(noise_cond), which is sigma "
+            f"only for the VE SDE (noise_cond = log sigma), not sde.name={config.sde.name!r}; "
+            f"set --config.model.unet.scale_by_sigma=False.")
+    return NCSNpp(
         nf=u.nf, ch_mult=tuple(u.ch_mult), num_res_blocks=u.num_res_blocks,
         attn_resolutions=tuple(u.attn_resolutions), dropout=m.dropout,
-        resblock_type=u.resblock_type, skip_rescale=u.skip_rescale, init_scale=u.init_scale,
-        noise_embedding=m.noise_embedding, fourier_scale=m.fourier_scale,
-        num_classes=_num_classes(config), label_dropout=m.label_dropout,
+        resamp_with_conv=u.resamp_with_conv, fir=u.fir, fir_kernel=tuple(u.fir_kernel),
+        skip_rescale=u.skip_rescale, resblock_type=u.resblock_type, progressive=u.progressive,
+        progressive_input=u.progressive_input, progressive_combine=u.progressive_combine,
+        embedding_type=m.noise_embedding, fourier_scale=m.fourier_scale,
+        init_scale=u.init_scale, noise_conditional=u.noise_conditional,
+        scale_by_sigma=u.scale_by_sigma, centered=config.data.centered,
+        nonlinearity=u.nonlinearity, num_classes=_num_classes(config),
+        label_dropout=m.label_dropout, label_embedding=u.label_embedding,
         dtype=compute_dtype(m), remat=m.remat,
     )
 
@@ -49,12 +60,15 @@ def build_dit(config) -> nn.Module:
     return DiT(
         **shape, mlp_ratio=d.mlp_ratio, num_classes=_num_classes(config),
         label_dropout=m.label_dropout, pos_embed=d.pos_embed, noise_embedding=m.noise_embedding,
-        fourier_scale=m.fourier_scale,
+        fourier_scale=m.fourier_scale, learn_sigma=d.learn_sigma,
         dtype=compute_dtype(m), remat=m.remat,
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet, "dit": build_dit}
+# "unet" is the name configs used before the network became score_sde's NCSN++ exactly; it
+# builds the same network.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit}
 
 
 def build_model(config) -> nn.Module:

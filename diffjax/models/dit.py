@@ -7,9 +7,12 @@ adaptive LayerNorm: each block regresses shift/scale/gate vectors from c, and
 those regressions start at zero so that every block starts as the identity
 and the whole network starts by predicting exactly zero ("adaLN-Zero").
 
-Our objective predicts the noise only, so there is no learned-sigma half of
-the output: out_channels defaults to the input channels. `out_channels` may
-be overridden (e.g. 2*C reproduces the paper's parameter counts).
+`learn_sigma=True` gives the paper's output of 2C channels: the noise
+prediction, then the per-pixel interpolation v between log beta_t and the
+log posterior variance (Nichol & Dhariwal); the parameter counts are then the
+paper's (DiT-XL/2: 675,129,632 in facebookresearch/DiT's models.py, of which
+294,912 are its frozen sin-cos position table, here a constant, not a
+parameter). With learn_sigma=False the output has C channels (the noise).
 
 Parameters carry the logical axis names of the network contract ('embed',
 'mlp', 'heads', 'kv', 'patch', 'classes', 'cond'); the attention kernels keep
@@ -240,7 +243,7 @@ class FinalLayer(nn.Module):
 
 class DiT(nn.Module):
     """Diffusion Transformer: (x [B,H,W,C], noise_cond [B], labels [B]|None)
-    -> prediction of the same shape as x (the noise, for our objective)."""
+    -> the noise prediction [B,H,W,C], with learn_sigma [B,H,W,2C] (noise, then v)."""
     patch_size: int
     hidden_size: int
     depth: int
@@ -251,7 +254,7 @@ class DiT(nn.Module):
     pos_embed: str = 'sincos'
     noise_embedding: str = 'positional'
     fourier_scale: float = 16.0
-    out_channels: int | None = None
+    learn_sigma: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
 
@@ -303,7 +306,7 @@ class DiT(nn.Module):
         self._check_config(x)
         batch, height, width, in_channels = x.shape
         p = self.patch_size
-        out_channels = self.out_channels or in_channels
+        out_channels = 2 * in_channels if self.learn_sigma else in_channels
 
         # Patch embedding as a Linear on flattened patches: identical to the
         # paper's stride-p conv, and xavier on [p*p*C, d] is its init.

@@ -49,6 +49,30 @@ def timestep_embedding(noise_cond: jax.Array, dim: int,
     return embedding
 
 
+def score_sde_timestep_embedding(noise_cond: jax.Array, dim: int,
+                                 max_positions: float = 10000.0) -> jax.Array:
+    """score_sde's sinusoidal embedding (DDPM++), [B] -> [B, dim] float32.
+
+    Unlike `timestep_embedding`, the frequencies exp(-ln(max_positions) k / (half - 1)) reach
+    1/max_positions exactly (EDM calls this `endpoint=True`), and the layout is [sin, cos].
+    """
+    if dim < 4:
+        raise ValueError(f'score_sde_timestep_embedding needs dim >= 4, got dim={dim}.')
+    noise_cond = jnp.asarray(noise_cond, jnp.float32)
+    if noise_cond.ndim != 1:
+        raise ValueError(
+            f'score_sde_timestep_embedding expects noise_cond of shape [B], got '
+            f'{noise_cond.shape}; pass one scalar per example.')
+    half = dim // 2
+    frequencies = jnp.exp(
+        jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
+    angles = noise_cond[:, None] * frequencies[None, :]
+    embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if dim % 2:
+        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    return embedding
+
+
 class SinusoidalEmbedding(nn.Module):
     """Module wrapper around `timestep_embedding` so both kinds of frequency
     features can be looked up by name in `EMBEDDING_KINDS` and built alike."""

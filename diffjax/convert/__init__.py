@@ -1,0 +1,80 @@
+"""Published checkpoints -> ordinary diffjax checkpoints: `python -m diffjax.convert`.
+
+    python -m diffjax.convert --source=score_sde --checkpoint=checkpoint_26.pth \
+        --config=configs/cifar10_ddpmpp_vp.py:deep --workdir=DIR
+
+writes DIR/checkpoints/<step>/, which `--mode=sample`, `--mode=eval` and `--mode=likelihood`
+restore unchanged and `--mode=train` fine-tunes. Sources (`SOURCES`):
+- `score_sde`: score_sde_pytorch `checkpoint_<n>.pth` (raw weights -> params, EMA -> ema_params,
+  its step);
+- `dit`: facebookresearch/DiT `DiT-XL-2-256x256.pt` / `-512x512.pt` (EMA weights -> both, step 0);
+- `edm`: NVlabs/edm network pickles of SongUNet (DDPM++/NCSN++) networks (EMA -> both, step 0).
+No torch at run time: files are read with `diffjax.torch_files`. The checkpoint must hold the
+network the config builds; otherwise the conversion stops before writing, naming the first
+parameter whose name or shape differs and the config keys that decide it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import zipfile
+from typing import Any, Callable
+
+from diffjax import filesystem
+from diffjax.convert import dit, edm, score_sde
+from diffjax.convert.target import Target, build_target, check_empty, write_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    read: Callable[[Any], Any]  # file stream -> loaded checkpoint
+    convert: Callable[[Target, Any], tuple[dict, dict, int]]  # -> params, ema_params, step
+
+
+SOURCES: dict[str, Source] = {
+    "score_sde": Source(score_sde.read, score_sde.convert),
+    "dit": Source(dit.read, dit.convert),
+    "edm": Source(edm.read, edm.convert),
+}
+
+
+def get_source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"Unknown --source={name!r}; choose one of {sorted(SOURCES)}.") from None
+
+
+def load(source: str, checkpoint: str):
+    reader = get_source(source).read
+    if not filesystem.exists(checkpoint):
+        raise FileNotFoundError(f"No checkpoint file {checkpoint}; check --checkpoint.")
+    with filesystem.open_file(checkpoint) as stream:
+        data = io.BytesIO(stream.read())
+    try:
+        return reader(data)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError,
+            ValueError) as error:
+        if isinstance(error, ValueError) and "--source" in str(error):
+            raise
+        raise ValueError(f"{checkpoint} is not a {source} checkpoint ({type(error).__name__}: "
+                         f"{error}); check --source.") from None
+
+
+def convert_params(source: str, checkpoint: str, config) -> tuple[Target, dict, dict, int]:
+    """Reads and converts without writing: (target, params, ema_params, step)."""
+    loaded = load(source, checkpoint)
+    target = build_target(config)
+    params, ema_params, step = get_source(source).convert(target, loaded)
+    return target, params, ema_params, step
+
+
+def convert(source: str, checkpoint: str, config, workdir: str, step: int | None = None) -> str:
+    """Converts `checkpoint` for `config` into WORKDIR/checkpoints/<step>/; returns that path."""
+    get_source(source)
+    check_empty(workdir)
+    target, params, ema_params, found_step = convert_params(source, checkpoint, config)
+    return write_checkpoint(target, params, ema_params, found_step if step is None else step,
+                            workdir)
