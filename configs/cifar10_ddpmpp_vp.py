@@ -7,9 +7,10 @@ Euler-Maruyama, 1000 steps, no corrector (the `:deep` variant); with the probabi
 The network has 61,804,419 parameters (deep: 106,632,579), as score_sde's.
 
 Launch (TPU v4-32 pod slice; see README "Training on a TPU pod"):
-    launch/tpu_vm.sh --name=ddpmpp --accelerator=v4-32 -- \\
-        --config=configs/cifar10_ddpmpp_vp.py:deep --workdir=gs://BUCKET/ddpmpp_vp_deep \\
-        --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+    launch/tpu_vm.sh --name=ddpmpp --zone=us-central2-b --accelerator=v4-32 \\
+        --project=MY_PROJECT --bucket=BUCKET -- \\
+        --config=configs/cifar10_ddpmpp_vp.py:deep --workdir=/gcs/BUCKET/ddpmpp_vp_deep \\
+        --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
 Single host: python -m diffjax.main --config=configs/cifar10_ddpmpp_vp.py:deep --workdir=DIR
 From score_sde's released checkpoint instead (docs/published_checkpoints.md; N: the smaller
 number in the Drive folder, the checkpoint of the paper's Table 3):

@@ -2,7 +2,8 @@
 
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
-Sections come in a fixed order: data, model, sde, training, optim, sampling, eval, mesh.
+Sections come in a fixed order: data, model, autoencoder, sde, training, optim, sampling, eval,
+mesh.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 

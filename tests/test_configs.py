@@ -12,7 +12,8 @@ from conftest import REPO
 from diffjax.config_base import base_config
 from diffjax.models import build_model
 
-SECTION_ORDER = ["data", "model", "sde", "training", "optim", "sampling", "eval", "mesh"]
+SECTION_ORDER = ["data", "model", "autoencoder", "sde", "training", "optim", "sampling", "eval",
+                 "mesh"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit"],
     "cifar10_ddpmpp_vp.py": [None, "deep"],

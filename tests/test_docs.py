@@ -65,13 +65,14 @@ def commands(program: str) -> list[tuple[str, list[str]]]:
 
 
 PARSER = r"""
-import json, sys
+import importlib, json, sys
 from absl import flags
-from diffjax import main
+module_name, argvs = json.loads(sys.stdin.read())
+module = importlib.import_module(module_name)
 failures = []
-for argv in json.loads(sys.stdin.read()):
+for argv in argvs:
     try:
-        values = main.define_flags(flags.FlagValues())
+        values = module.define_flags(flags.FlagValues())
         sys.argv = ["diffjax.main", *argv]  # config_flags reads overrides from sys.argv
         values(sys.argv)
         values.config.keys()
@@ -82,11 +83,14 @@ print(json.dumps(failures))
 """
 
 
-def test_every_documented_diffjax_main_command_parses():
-    found = commands("python -m diffjax.main")
-    assert len(found) >= 10, "the README should show its commands"
+@pytest.mark.parametrize("module, at_least", [("diffjax.main", 10),
+                                               ("diffjax.convert.__main__", 3)])
+def test_every_documented_python_command_parses(module, at_least):
+    found = commands(f"python -m {module.removesuffix('.__main__')}")
+    assert len(found) >= at_least, "the docs should show these commands"
     argvs = [words[3:] for _, words in found]
-    result = subprocess.run([sys.executable, "-c", PARSER], input=json.dumps(argvs), cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", PARSER], input=json.dumps([module, argvs]),
+                            cwd=REPO,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]

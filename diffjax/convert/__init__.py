@@ -23,8 +23,10 @@ import zipfile
 from typing import Any, Callable
 
 from diffjax import filesystem
+from diffjax import workdir as workdir_lib
 from diffjax.convert import dit, edm, score_sde
 from diffjax.convert.target import Target, build_target, check_empty, write_checkpoint
+from diffjax.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +74,17 @@ def convert_params(source: str, checkpoint: str, config) -> tuple[Target, dict, 
 
 
 def convert(source: str, checkpoint: str, config, workdir: str, step: int | None = None) -> str:
-    """Converts `checkpoint` for `config` into WORKDIR/checkpoints/<step>/; returns that path."""
+    """Converts `checkpoint` for `config` into WORKDIR/checkpoints/<step>/; returns that path.
+
+    Like training, the conversion is a writer: it holds the workdir lock, and it records the
+    config in WORKDIR/config.json, so a later run with other shapes names the keys that differ.
+    """
     get_source(source)
-    check_empty(workdir)
-    target, params, ema_params, found_step = convert_params(source, checkpoint, config)
-    return write_checkpoint(target, params, ema_params, found_step if step is None else step,
-                            workdir)
+    workdir_lib.check_writable(filesystem.absolute(workdir))
+    with WorkdirLock(filesystem.absolute(workdir), purpose="conversion"):
+        check_empty(workdir)
+        target, params, ema_params, found_step = convert_params(source, checkpoint, config)
+        path = write_checkpoint(target, params, ema_params,
+                                found_step if step is None else step, workdir)
+        workdir_lib.record_config(filesystem.absolute(workdir), config)
+    return path

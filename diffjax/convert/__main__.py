@@ -9,24 +9,36 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffjax import cli_errors, runtime
+from diffjax import cli_errors, logs
 from diffjax.convert import SOURCES, convert
 
-config_flags.DEFINE_config_file("config", None, "Config file of the network the checkpoint "
-                                "holds, optionally with an argument: configs/x.py:deep.",
-                                lock_config=True)
-flags.DEFINE_enum("source", None, sorted(SOURCES), "Where the checkpoint comes from.")
-flags.DEFINE_string("checkpoint", None, "The published checkpoint file (.pth, .pt or .pkl).")
-flags.DEFINE_string("workdir", None, "Folder to write checkpoints/<step>/ into (empty).")
-flags.DEFINE_integer("step", None, "Step to record; default: the checkpoint's (score_sde) or 0.")
-flags.mark_flags_as_required(["config", "source", "checkpoint", "workdir"])
-FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The converter's flags on `flag_values` (tests parse documented commands with it)."""
+    config_flags.DEFINE_config_file("config", None, "Config file of the network the checkpoint "
+                                    "holds, optionally with an argument: configs/x.py:deep.",
+                                    lock_config=True, flag_values=flag_values)
+    flags.DEFINE_enum("source", None, sorted(SOURCES), "Where the checkpoint comes from.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", None, "The published checkpoint file (.pth, .pt or .pkl).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Folder to write checkpoints/<step>/ into (empty).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("step", None, "Step to record; default: the checkpoint's (score_sde) "
+                         "or 0.", flag_values=flag_values)
+    flags.mark_flags_as_required(["config", "source", "checkpoint", "workdir"],
+                                 flag_values=flag_values)
+    return flag_values
+
+
+FLAGS = define_flags(flags.FLAGS)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    runtime.quiet_library_logs()
+    logs.quiet_library_logs()
     path = convert(FLAGS.source, FLAGS.checkpoint, FLAGS.config, FLAGS.workdir, FLAGS.step)
     config_args = " ".join(shlex.quote(a) for a in sys.argv[1:] if a.startswith("--config"))
     print(f"Converted {FLAGS.source} checkpoint {FLAGS.checkpoint} to {path}\n"
