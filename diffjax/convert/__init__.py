@@ -80,10 +80,12 @@ def convert(source: str, checkpoint: str, config, workdir: str, step: int | None
     config in WORKDIR/config.json, so a later run with other shapes names the keys that differ.
     """
     get_source(source)
+    check_empty(workdir)
+    # Everything is read and checked before the workdir is touched: a mismatch writes nothing.
+    target, params, ema_params, found_step = convert_params(source, checkpoint, config)
     workdir_lib.check_writable(filesystem.absolute(workdir))
     with WorkdirLock(filesystem.absolute(workdir), purpose="conversion"):
         check_empty(workdir)
-        target, params, ema_params, found_step = convert_params(source, checkpoint, config)
         path = write_checkpoint(target, params, ema_params,
                                 found_step if step is None else step, workdir)
         workdir_lib.record_config(filesystem.absolute(workdir), config)
