@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.sampling.result import batch_time
-from diffjax.sde import LinearSDE
+from diffjax.processes import LinearProcess as LinearSDE
 from diffjax.score import ScoreFn
 
 Array = jax.Array
