@@ -101,14 +101,18 @@ def test_sampler_reproduces_mixture_with_exact_nfe(case, sde_name):
     n = 10_000
     counter = CountingScore(sde)
     result = run_sampler(name, sde, n, score_fn=counter, **options)
-    x = np.asarray(result.samples, np.float64)
-    eps = resolve_eps(sde, None)
 
     # NFE: what the sampler reports is what ran.
     assert int(result.nfe) == counter.calls
     if expected_nfe is not None:
         assert int(result.nfe) == expected_nfe
+    check_mixture_moments(np.asarray(result.samples, np.float64), sde, resolve_eps(sde, None))
 
+
+def check_mixture_moments(x, sde, eps):
+    """x follows p_eps of MIXTURE under `sde`, up to Monte Carlo noise and a small bias."""
+    n = x.shape[0]
+    assert np.all(np.isfinite(x))
     # Tolerance = 4.5 Monte Carlo standard errors, estimated from the samples themselves
     # (each statistic is a mean of n i.i.d. terms, so its s.e. is std(term) / sqrt(n); 4.5 s.e.
     # fails a correct sampler with probability ~1e-5 per statistic), plus a small allowance for
@@ -128,6 +132,38 @@ def test_sampler_reproduces_mixture_with_exact_nfe(case, sde_name):
     weights = MIXTURE.weights
     se_w = np.sqrt(weights * (1 - weights) / n)
     assert np.all(np.abs(resp.mean(0) - weights) < 4.5 * se_w + 0.01), (resp.mean(0), weights)
+
+
+# The new processes, through the model interface (`predict`: exact x0_hat, eps_hat), with the
+# samplers that suit each; flow starts every prediction-based sampler at t = 1.
+PROCESS_CASES = [
+    ("cosine", "dpm_solver", dict(num_steps=20)),
+    ("cosine", "euler_maruyama", dict(num_steps=250)),
+    ("ddpm", "ddpm", dict(num_steps=1000)),
+    ("ddpm", "ddim", dict(num_steps=99, time_grid="discrete")),
+    ("ddpm", "dpm_solver", dict(num_steps=20)),
+    ("flow", "ode_euler", dict(num_steps=200, time_grid="uniform", eps=0.0, denoise=False)),
+    ("flow", "ode_heun_t", dict(num_steps=25, time_grid="uniform", eps=0.0, denoise=False)),
+    ("flow", "sit_sde", dict(num_steps=250)),
+    ("flow", "dpm_solver", dict(num_steps=20)),
+    ("flow", "pc", dict(num_steps=200)),
+    ("edm", "edm_heun", dict(num_steps=40)),
+    ("edm", "edm_heun", dict(num_steps=64, S_churn=20.0, S_min=0.01, S_max=1.0)),
+    ("edm", "dpm_solver", dict(num_steps=20)),
+]
+
+
+@pytest.mark.parametrize("process_name,name,options", PROCESS_CASES,
+                         ids=[f"{p}-{s}-{len(o)}" for p, s, o in PROCESS_CASES])
+def test_samplers_reproduce_mixture_on_every_process(process_name, name, options):
+    from diffjax.processes import PROCESSES
+
+    process = PROCESSES[process_name]()
+    result = run_sampler(name, process, 10_000, score_fn=MIXTURE.model_fn(process), **options)
+    eps = options.get("eps", resolve_eps(process, None))
+    ends_at_data = name in ("edm_heun", "ddpm", "sit_sde")
+    check_mixture_moments(np.asarray(result.samples, np.float64), process,
+                          0.0 if ends_at_data else eps)
 
 
 # --- fixed-step solvers converge at their order ---------------------------------------------
