@@ -36,9 +36,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from diffjax.processes import LinearProcess as LinearSDE
 from diffjax.sampling.adaptive_ode import solve_adaptive
 from diffjax.sampling.ode_solvers import pf_ode_drift
-from diffjax.processes import LinearProcess as LinearSDE
 from diffjax.score import ScoreFn
 
 Array = jax.Array

@@ -12,9 +12,12 @@ s = 1) and its network predicts ds-velocity x0 - eps = -v. diffjax conditions th
 what SiT feeds it, 1 - t = s (`diffjax.score.noise_conditioning`), so a SiT checkpoint is a
 diffjax velocity network after negating its final linear layer (weights and bias), which is exact.
 
-The SDE form is singular at t = 1 (f = -1/(1 - t), g^2 = 2t / (1 - t)), so samplers that need f,
-g or a finite log-SNR start at t_max = 0.999 (sigma~ = 999) instead; the prediction-based ones
-(ode_euler, ode_heun_t, ode_adaptive, ddim, ddpm, sit_sde) start at t = 1.
+The SDE form is singular at t = 1 (f = -1/(1 - t), g^2 = 2t / (1 - t)) and the log-SNR is -inf
+there, so the SDE samplers (euler_maruyama, reverse_diffusion, pc) and everything on a log-SNR or
+sigma~ grid (dpm_solver, edm_heun, time_grid="log_snr"/"edm") start at t_max = 0.999
+(sigma~ = 999), where the prior differs from p_t by alpha = 1e-3; the prediction-based samplers
+on the uniform grid (ode_euler, ode_heun_t, ddim, ddpm with time_grid="uniform"), ode_adaptive
+and sit_sde start at t = 1 exactly.
 """
 
 from __future__ import annotations
