@@ -10,19 +10,20 @@ process with kernel x_t = alpha x0 + sigma eps (`diffjax.processes`), this modul
   weighting its plain MSE implies, stated once here. Every weighting is relative to the x0 error:
   ||output - target||^2 = w(t) ||x0_hat - x0||^2 at fixed x_t, with w = x0_scale^2.
 
-    name      network predicts                       target             w(t) = x0_scale^2
-    eps       the noise eps (DDPM's "simple";        eps                (alpha / sigma)^2 = SNR
+    name      network predicts                     target                   w(t) = x0_scale^2
+    eps       the noise (DDPM's "simple" loss;     eps                      (alpha / sigma)^2 = SNR
               alias "noise")
-    score     grad log p_t; its MSE is weighted      -eps / sigma,      (alpha / sigma)^2
-              by sigma^2 (score_sde's lambda)        residual sigma s + eps
-    x0        the clean data                         x0                 1
-    v         v = alpha eps - sigma x0 (Salimans &   alpha eps - sigma x0  (alpha^2 + sigma^2)^2 / sigma^2
-              Ho; = SNR + 1 for VP)
-    velocity  dx_t/dt = alpha' x0 + sigma' eps       alpha' x0 + sigma' eps  (alpha sigma' - sigma alpha')^2 / sigma^2
-              (flow matching: eps - x0)                                  (flow: 1 / t^2)
-    edm       F of D = c_skip x~ + c_out F(c_in x~)  (x0 - c_skip x~) / c_out  1 / c_out^2 = (sigma~^2 +
-              (Karras et al.), x~ = x / alpha,                           sigma_data^2) / (sigma~ sigma_data)^2
-              sigma~ = sigma / alpha                                     (EDM's lambda(sigma))
+    score     grad log p_t, its MSE weighted by    -eps / sigma (residual   (alpha / sigma)^2
+              sigma^2 (score_sde's lambda)         sigma s + eps)
+    x0        the clean data                       x0                       1
+    v         Salimans & Ho's v                    alpha eps - sigma x0     (alpha^2 + sigma^2)^2
+                                                                            / sigma^2 (VP: SNR + 1)
+    velocity  dx_t/dt (flow matching: eps - x0)    alpha' x0 + sigma' eps   (alpha sigma' - sigma
+                                                                            alpha')^2 / sigma^2
+                                                                            (flow: 1 / t^2)
+    edm       F of EDM's D = c_skip x~ + c_out     (x0 - c_skip x~) / c_out 1 / c_out^2 = EDM's
+              F(c_in x~), x~ = x / alpha,                                   lambda: (sigma~^2 +
+              sigma~ = sigma / alpha                                        sd^2) / (sigma~ sd)^2
 
   with c_skip = sd^2 / (sigma~^2 + sd^2), c_out = sigma~ sd / sqrt(sigma~^2 + sd^2),
   c_in = 1 / sqrt(sigma~^2 + sd^2) on x~, sd = model.sigma_data; for EDM's process alpha = 1.

@@ -16,3 +16,8 @@ from diffjax.processes import (  # noqa: F401
     broadcast_to_data,
     get_process as get_sde,
 )
+
+__all__ = [
+    "SDES", "CosineVP", "DiscreteDDPM", "EDMProcess", "LinearProcess", "LinearSDE",
+    "RectifiedFlow", "SubVPSDE", "VESDE", "VPSDE", "broadcast_to_data", "get_sde",
+]

@@ -4,11 +4,12 @@ For data x_0 ~ sum_k w_k N(mu_k, Sigma_k) and any of our linear processes (kerne
 N(alpha x_0, sigma^2 I)),
     p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I),
 so the score and log p_t are closed-form at every t, and so are the posterior means
-    E[x0 | x_t] = sum_k r_k (mu_k + alpha Sigma_k C_k^{-1} (x_t - alpha mu_k)),  C_k = alpha^2 Sigma_k + sigma^2 I,
+    E[x0 | x_t] = sum_k r_k (mu_k + alpha Sigma_k C_k^{-1} (x_t - alpha mu_k)),
+    C_k = alpha^2 Sigma_k + sigma^2 I,
     E[eps | x_t] = -sigma score,
 (r_k the posterior responsibilities): the exact optimum of every parameterisation's loss, and a
-model function that stays finite where alpha = 0 (flow matching at t = 1). Each Sigma_k = U_k diag(s_k) U_k^T is
-eigendecomposed once, which makes
+model function that stays finite where alpha = 0 (flow matching at t = 1).
+Each Sigma_k = U_k diag(s_k) U_k^T is eigendecomposed once, which makes
     alpha^2 Sigma_k + sigma^2 I = U_k diag(alpha^2 s_k + sigma^2) U_k^T
 trivially invertible for every (example, t): a score evaluation costs O(B K D^2), no solves.
 
@@ -98,7 +99,7 @@ class GaussianMixture:
         return Prediction(x0=x0, eps=-sigma * score, score=score, output=score)
 
     def model_fn(self, sde: LinearSDE) -> "ExactModel":
-        """The exact model: callable as a score function, with `.predict` (like diffjax's ModelFn)."""
+        """The exact model: a score function with `.predict`, like diffjax's ModelFn."""
         return ExactModel(self, sde)
 
     def responsibilities(self, sde: LinearSDE, x: jax.Array, t) -> jax.Array:

@@ -134,8 +134,7 @@ def test_edm_preconditioning_is_edms():
     c_in = 1 / jnp.sqrt(s**2 + sd**2)
     np.testing.assert_allclose(seen["x_in"], c_in * x, rtol=1e-6)
     np.testing.assert_allclose(seen["c_noise"], jnp.log(sigma) / 4, rtol=1e-6)
-    expected = sd**2 / (s**2 + sd**2) * x + s * sd / jnp.sqrt(s**2 + sd**2) * net(c_in * x,
-                                                                                  jnp.log(sigma) / 4,
-                                                                                  None)
+    F = net(c_in * x, jnp.log(sigma) / 4, None)  # noqa: N806
+    expected = sd**2 / (s**2 + sd**2) * x + s * sd / jnp.sqrt(s**2 + sd**2) * F
     np.testing.assert_allclose(pred.x0, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.eps, (x - pred.x0) / s, rtol=1e-4, atol=1e-5)

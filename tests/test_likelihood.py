@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from diffjax.likelihood import bits_per_dim, bpd_offset, dequantize, likelihood_fn
-from diffjax.processes import CosineVP, DiscreteDDPM, EDMProcess, RectifiedFlow, SubVPSDE, VESDE, VPSDE
+from diffjax.processes import (
+    CosineVP, DiscreteDDPM, EDMProcess, RectifiedFlow, SubVPSDE, VESDE, VPSDE,
+)
 from gaussian_mixture import GaussianMixture, two_d_mixture
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}

@@ -51,7 +51,7 @@ def test_kernel_solves_the_sde(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_probability_flow_velocity_equals_the_sde_form(name):
-    """alpha' x0 + sigma' eps == f x - g^2/2 score for x = alpha x0 + sigma eps, score = -eps/sigma."""
+    """alpha' x0 + sigma' eps == f x - g^2/2 score, x = alpha x0 + sigma eps, score = -eps/sigma."""
     process = ALL[name]
     t = interior_times(process, 5)
     x0, eps = jax.random.normal(jax.random.key(0), (2, 5, 3))

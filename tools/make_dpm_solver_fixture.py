@@ -1,4 +1,4 @@
-"""Write tests/fixtures/dpm_solver_reference.npz: the official multistep DPM-Solver on an exact score.
+"""Write tests/fixtures/dpm_solver_reference.npz: the official multistep DPM-Solver, exact score.
 
 The official `dpm_solver_pytorch.py` (LuChengTHU/dpm-solver) samples the 2-D Gaussian mixture of
 tests/gaussian_mixture.py (`two_d_mixture`) through its exact noise prediction, in float64, from

@@ -1,4 +1,4 @@
-"""The algebra every diffusion process shares: a linear Gaussian kernel x_t = alpha(t) x0 + sigma(t) eps.
+"""What every diffusion process shares: the linear Gaussian kernel x_t = alpha(t) x0 + sigma(t) eps.
 
 Every objective diffjax trains (VP, sub-VP, VE, cosine VP, discrete DDPM, flow matching, EDM) is
 such a process. A process states alpha(t) and sigma(t) (and, where it has closed forms, the
@@ -154,7 +154,8 @@ class LinearProcess:
         f x - g^2 / 2 score gives this; it has no 1 / alpha, so it is finite at alpha = 0.
         """
         d_alpha, d_sigma = self.coeff_derivatives(t)
-        return broadcast_to_data(d_alpha, x0_hat) * x0_hat + broadcast_to_data(d_sigma, eps_hat) * eps_hat
+        return (broadcast_to_data(d_alpha, x0_hat) * x0_hat
+                + broadcast_to_data(d_sigma, eps_hat) * eps_hat)
 
     # --- prior --------------------------------------------------------------------------------
     def prior_sample(self, rng: Array, shape: tuple[int, ...], dtype=None) -> Array:

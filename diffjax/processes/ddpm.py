@@ -90,7 +90,7 @@ class DiscreteDDPM(LinearProcess):
 
     @functools.cached_property
     def _knots(self) -> tuple[np.ndarray, np.ndarray]:
-        """(t_k, log alpha_k) for k = 0..N: t_k = k / N, step n = k - 1, and (0, 0) for clean data."""
+        """(t_k, log alpha_k), k = 0..N: t_k = k / N, step n = k - 1, and (0, 0) for clean data."""
         t = np.arange(self.num_timesteps + 1, dtype=np.float64) / self.num_timesteps
         log_alpha = np.concatenate([[0.0], 0.5 * np.log(self.alphas_cumprod)])
         return t, log_alpha

@@ -1,5 +1,5 @@
-"""Flow matching / rectified flow with the linear interpolant (Lipman et al., 2023; Liu et al., 2023;
-SiT, Ma et al., 2024; SD3, Esser et al., 2024):
+"""Flow matching / rectified flow with the linear interpolant (Lipman et al., 2023; Liu et al.,
+2023; SiT, Ma et al., 2024; SD3, Esser et al., 2024):
 
     x_t = (1 - t) x0 + t eps,   alpha = 1 - t, sigma = t, t in [0, 1], prior N(0, I) at t = 1.
 

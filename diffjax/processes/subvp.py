@@ -1,4 +1,4 @@
-"""sub-VP SDE (Song et al., 2021): VP's drift with a smaller diffusion, so sigma(t) = 1 - alpha(t)^2.
+"""sub-VP SDE (Song et al., 2021): VP's drift, a smaller diffusion, so sigma(t) = 1 - alpha(t)^2.
 
     dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw,
     alpha(t) = exp(m(t)) as for VP,  sigma(t) = 1 - alpha^2 (not its square root).

@@ -1,6 +1,8 @@
-"""Variance exploding SDE (Song et al., 2021): no drift, sigma(t) geometric from sigma_min to sigma_max.
+"""Variance exploding SDE (Song et al., 2021): no drift, sigma(t) geometric in [sigma_min,
+sigma_max].
 
-    dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw,   sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+    dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw,
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t.
 
 The kernel std is sigma(t) itself, not sqrt(sigma(t)^2 - sigma_min^2): as in score_sde, the
 process at t = 0 is the data already smoothed by N(0, sigma_min^2), which keeps log sigma finite

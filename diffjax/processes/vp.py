@@ -1,7 +1,8 @@
 """Variance preserving SDE (Song et al., 2021): the continuous limit of DDPM with beta(t) linear.
 
     dx = -beta(t)/2 x dt + sqrt(beta(t)) dw,   beta(t) = beta_min + t (beta_max - beta_min),
-    alpha(t) = exp(m(t)),  sigma(t) = sqrt(1 - alpha^2),  m(t) = -t^2 (beta_max - beta_min)/4 - t beta_min/2.
+    alpha(t) = exp(m(t)),  sigma(t) = sqrt(1 - alpha^2),
+    m(t) = -t^2 (beta_max - beta_min)/4 - t beta_min/2.
 
 Numerics (float32 matters: the samplers' grids are built from these). sigma uses -expm1, exact as
 t -> 0 where 1 - exp(2m) cancels; the inverse of the log-SNR goes through log_sigmoid (for alpha^2
@@ -21,7 +22,8 @@ from diffjax.processes.base import LinearProcess, as_time
 
 
 def t_from_log_mean_coeff(m, beta_min: float, beta_max: float):
-    """The t >= 0 with m(t) = m <= 0, as -2m / (beta_min/2 + sqrt(beta_min^2/4 - (beta_max - beta_min) m)).
+    """The t >= 0 with m(t) = m <= 0:
+    -2m / (beta_min/2 + sqrt(beta_min^2/4 - (beta_max - beta_min) m)).
 
     (Rationalised root of (beta_max - beta_min)/4 t^2 + beta_min/2 t + m = 0; also valid for a
     constant beta.)

@@ -2,7 +2,8 @@
 
 From x_t at time t, one network evaluation gives x0_hat and eps_hat; the step to s < t is
     x_s = alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta z,
-    sigma_eta = eta sqrt(beta~),  beta~ = sigma_s^2 / sigma_t^2 (sigma_t^2 - a^2 sigma_s^2), a = alpha_t / alpha_s,
+    sigma_eta = eta sqrt(beta~),
+    beta~ = sigma_s^2 / sigma_t^2 (sigma_t^2 - a^2 sigma_s^2),  a = alpha_t / alpha_s,
 the posterior variance of q(x_s | x_t, x0) (for DDPM's alphas_cumprod: DiT's/ADM's
 eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)). eta = 0 is deterministic, the
 first-order exponential integrator that `dpm_solver(order=1)` must reproduce; eta = 1 is

@@ -39,7 +39,7 @@ VARIANCES = ("beta_tilde", "beta", "learned")
 
 
 def _posterior(alpha_t, sigma_t, alpha_s, sigma_s, xp):
-    """(coef_xt, coef_x0, log beta, log beta~) of q(x_s | x_t, x0), elementwise; 0/-inf at s = clean."""
+    """(coef_xt, coef_x0, log beta, log beta~) of q(x_s | x_t, x0), elementwise."""
     a = alpha_t / alpha_s
     beta = sigma_t**2 - a**2 * sigma_s**2
     coef_xt = a * sigma_s**2 / sigma_t**2

@@ -7,10 +7,13 @@ prediction E(lambda) = eps_hat,
     d(x / sigma) / d lambda = e^lambda D,     d(x / alpha) / d lambda = -e^-lambda E,
 so, exactly, from lambda_i to lambda_{i+1} = lambda_i + h, with M = D or E expanded as
 M(lambda_i + u) = M_i + M' u + M'' u^2/2 + ...:
-    ++  (algorithm_type="dpmsolver++"): x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} sum_k c_k M^(k),
-        c_k = int_0^h e^-u (h-u)^k / k! du:  c0 = 1 - e^-h, c1 = h - 1 + e^-h, c2 = h^2/2 - h + 1 - e^-h;
-    noise (algorithm_type="dpmsolver"):  x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} sum_k e_k M^(k),
-        e_k = int_0^h e^u (h-u)^k / k! du:  e0 = e^h - 1, e1 = e^h - 1 - h, e2 = e^h - 1 - h - h^2/2.
+    ++ (algorithm_type="dpmsolver++"):
+        x_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} sum_k c_k M^(k),
+        c_k = int_0^h e^-u (h-u)^k / k! du:
+        c0 = 1 - e^-h, c1 = h - 1 + e^-h, c2 = h^2/2 - h + 1 - e^-h;
+    noise (algorithm_type="dpmsolver"):
+        x_{i+1} = (alpha_{i+1}/alpha_i) x_i - sigma_{i+1} sum_k e_k M^(k),
+        e_k = int_0^h e^u (h-u)^k / k! du: e0 = e^h - 1, e1 = e^h - 1 - h, e2 = e^h - 1 - h - h^2/2.
 (These are the official phi functions: c0 = -phi_1, c1 = h phi_2, c2 = h^2 phi_3 in the ++ form.)
 Multistep: M' and M'' come from the Newton interpolant through the last outputs in lambda,
     order 2: M' = [M_i, M_{i-1}];

@@ -2,15 +2,17 @@
 
 EDM writes any linear process as x = alpha(t) x~ with x~ = x0 + sigma~ eps, sigma~ = sigma / alpha,
 whose PF-ODE is dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ = eps_hat: straight lines when the
-data is a point, which is why steps in sigma~ are so accurate. With N = num_steps noise levels on
-EDM's rho grid sigma~_i = (sigma~_max^(1/rho) + i/(N-1) (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho,
-i = 0..N-1, between sigma~_max = sigma~(t_max) and sigma~_min = sigma~(eps), and sigma~_N = 0:
+data is a point, which is why steps in sigma~ can be so accurate. With N = num_steps noise levels on
+EDM's rho grid, i = 0..N-1,
+    sigma~_i = (sigma~_max^(1/rho) + i/(N-1) (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho,
+between sigma~_max = sigma~(t_max) and sigma~_min = sigma~(eps), and sigma~_N = 0:
 
     for i = 0..N-1:
         gamma = min(S_churn / N, sqrt(2) - 1) if S_min <= sigma~_i <= S_max else 0
         sigma^ = sigma~_i (1 + gamma);  x^ = x~_i + sqrt(sigma^^2 - sigma~_i^2) S_noise z_i
         d = eps_hat(x^, sigma^);  x~_{i+1} = x^ + (sigma~_{i+1} - sigma^) d             (Euler)
-        if i < N - 1: x~_{i+1} = x^ + (sigma~_{i+1} - sigma^) (d + eps_hat(x~_{i+1}, sigma~_{i+1})) / 2
+        if i < N - 1:
+            x~_{i+1} = x^ + (sigma~_{i+1} - sigma^) (d + eps_hat(x~_{i+1}, sigma~_{i+1})) / 2
 
 The network is evaluated at x = alpha(t) x~ with t = t(sigma~) of the process, so the sampler runs
 on every process; on EDM's (alpha = 1, sigma = t) it is EDM's `edm_sampler` line for line (the
