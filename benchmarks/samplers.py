@@ -1,11 +1,13 @@
-"""Sampler accuracy per network evaluation, and in-graph vs host-side adaptive ODE solves.
+"""Sampler accuracy per network evaluation on every process, and in-graph vs host-side adaptive ODE.
 
-Part 1. Every sampler draws from a Gaussian mixture through its exact score
-(tests/gaussian_mixture.py), so the only error is the sampler's own. Error = sliced
-Wasserstein-2 distance between the samples and 4x as many exact draws of p_eps (stratified over
-components); the "MC floor" row is the same distance for n i.i.d. exact draws, below which a
-sampler cannot be told apart from perfect.
-Wall time is the jitted run (compilation excluded). No Tweedie step, so NFE is the solver's own.
+Part 1. Every sampler draws from a Gaussian mixture through its exact model
+(tests/gaussian_mixture.py: exact x0_hat, eps_hat and score), so the only error is the sampler's
+own. Error = sliced Wasserstein-2 distance between the samples and 4x as many exact draws of
+p_end (stratified over components), where end is the sampler's final time: eps for the samplers
+run without their final Tweedie step, 0 for those that end at the data by construction (edm_heun,
+ddpm, sit_sde, and flow's ODE integrated to t = 0). The "MC floor" row is the same distance for
+n i.i.d. exact draws, below which a sampler cannot be told apart from perfect. Wall time is the
+jitted run (compilation excluded). NFE is the exact number of network evaluations.
 
 Part 2. The same adaptive Dopri5 / RK45 tableau, same tolerances, on a small random MLP score
 model: diffrax inside one jitted while loop vs score_sde's recipe, scipy.integrate.solve_ivp on the
@@ -13,7 +15,8 @@ host calling a jitted drift once per evaluation. (Our error norm is the max over
 each example's RMS, scipy's the RMS over the flattened batch: ours is the stricter of the two,
 which is why it takes a few more evaluations.)
 
-    .venv/bin/python benchmarks/samplers.py            # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/samplers.py            # ~15 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/samplers.py --quick    # 2-D tables only
 """
 
 from __future__ import annotations
@@ -36,28 +39,71 @@ from diffjax.sampling import SAMPLERS  # noqa: E402
 from diffjax.sampling.adaptive_ode import solve_adaptive  # noqa: E402
 from diffjax.sampling.ode_solvers import pf_ode_drift  # noqa: E402
 from diffjax.sampling.time_grids import resolve_eps  # noqa: E402
-from diffjax.sde import SDES  # noqa: E402
+from diffjax.processes import PROCESSES  # noqa: E402
 from gaussian_mixture import random_mixture, two_d_mixture  # noqa: E402
 
-# (label, sampler, options); NFE follows from the options (see diffjax/sampling/__init__.py).
-CASES = [
-    ("euler_maruyama", "euler_maruyama", dict(num_steps=100)),
-    ("euler_maruyama", "euler_maruyama", dict(num_steps=250)),
-    ("pc (rev.diff + langevin)", "pc", dict(num_steps=50)),
-    ("ode_euler (uniform t)", "ode_euler", dict(num_steps=10)),
-    ("ode_euler (uniform t)", "ode_euler", dict(num_steps=100)),
-    ("ode_heun (edm grid)", "ode_heun", dict(num_steps=5)),
-    ("ode_heun (edm grid)", "ode_heun", dict(num_steps=10)),
-    ("ode_heun (edm grid)", "ode_heun", dict(num_steps=25)),
-    ("ddim = dpm_solver-1", "ddim", dict(num_steps=10)),
-    ("dpm_solver-2 multistep", "dpm_solver", dict(num_steps=10, order=2)),
-    ("dpm_solver-2 multistep", "dpm_solver", dict(num_steps=20, order=2)),
-    ("dpm_solver-3 multistep", "dpm_solver", dict(num_steps=10, order=3)),
-    ("dpm_solver-3 multistep", "dpm_solver", dict(num_steps=15, order=3)),
-    ("dpm_solver-3 multistep", "dpm_solver", dict(num_steps=20, order=3)),
-    ("ode_adaptive dopri5 tol 1e-3", "ode_adaptive", dict(rtol=1e-3, atol=1e-3)),
-    ("ode_adaptive dopri5 tol 1e-5", "ode_adaptive", dict(rtol=1e-5, atol=1e-5)),
+# (label, sampler, options), per process; NFE follows from the options (diffjax/sampling/).
+NO_TWEEDIE = dict(denoise=False)
+DPM = [
+    ("dpm_solver++ 3 (taylor_exact)", "dpm_solver", dict(num_steps=10, **NO_TWEEDIE)),
+    ("dpm_solver++ 3 (taylor_exact)", "dpm_solver", dict(num_steps=20, **NO_TWEEDIE)),
+    ("dpm_solver++ 3M (official)", "dpm_solver", dict(num_steps=10, solver_type="dpmsolver",
+                                                      **NO_TWEEDIE)),
+    ("dpm_solver++ 3M (official)", "dpm_solver", dict(num_steps=20, solver_type="dpmsolver",
+                                                      **NO_TWEEDIE)),
+    ("dpm_solver 3 noise (taylor_exact)", "dpm_solver",
+     dict(num_steps=10, algorithm_type="dpmsolver", **NO_TWEEDIE)),
+    ("dpm_solver 3 noise (taylor_exact)", "dpm_solver",
+     dict(num_steps=20, algorithm_type="dpmsolver", **NO_TWEEDIE)),
+    ("dpm_solver 3M noise (official)", "dpm_solver", dict(num_steps=20, algorithm_type="dpmsolver",
+                                                          solver_type="dpmsolver", **NO_TWEEDIE)),
+    ("dpm_solver++ 2M (official)", "dpm_solver", dict(num_steps=20, order=2,
+                                                      solver_type="dpmsolver", **NO_TWEEDIE)),
 ]
+EDM = [
+    ("edm_heun 18 steps", "edm_heun", dict(num_steps=18)),
+    ("edm_heun 18, churn 40/0.05/50", "edm_heun", dict(num_steps=18, S_churn=40.0, S_min=0.05,
+                                                       S_max=50.0, S_noise=1.003)),
+]
+SCORE_SDE = [
+    ("euler_maruyama", "euler_maruyama", dict(num_steps=100, **NO_TWEEDIE)),
+    ("euler_maruyama", "euler_maruyama", dict(num_steps=250, **NO_TWEEDIE)),
+    ("pc (rev.diff + langevin)", "pc", dict(num_steps=50, **NO_TWEEDIE)),
+    ("ode_euler (uniform t)", "ode_euler", dict(num_steps=100, **NO_TWEEDIE)),
+    ("ode_heun_t (edm grid)", "ode_heun_t", dict(num_steps=5, **NO_TWEEDIE)),
+    ("ode_heun_t (edm grid)", "ode_heun_t", dict(num_steps=17, **NO_TWEEDIE)),
+    ("ddim = dpm_solver-1", "ddim", dict(num_steps=10, **NO_TWEEDIE)),
+    *DPM, *EDM,
+    ("ddpm ancestral (log-SNR grid)", "ddpm", dict(num_steps=100)),
+    ("ode_adaptive dopri5 tol 1e-3", "ode_adaptive", dict(rtol=1e-3, atol=1e-3, **NO_TWEEDIE)),
+    ("ode_adaptive dopri5 tol 1e-5", "ode_adaptive", dict(rtol=1e-5, atol=1e-5, **NO_TWEEDIE)),
+]
+FLOW_ODE = dict(time_grid="uniform", eps=0.0, denoise=False)
+CASES = {
+    "vp": SCORE_SDE,
+    "ve": SCORE_SDE,
+    "edm": [*EDM, ("edm_heun 35 steps", "edm_heun", dict(num_steps=35)), *DPM],
+    "flow": [
+        ("flow euler", "ode_euler", dict(num_steps=10, **FLOW_ODE)),
+        ("flow euler", "ode_euler", dict(num_steps=20, **FLOW_ODE)),
+        ("flow euler", "ode_euler", dict(num_steps=50, **FLOW_ODE)),
+        ("flow heun", "ode_heun_t", dict(num_steps=5, **FLOW_ODE)),
+        ("flow heun", "ode_heun_t", dict(num_steps=10, **FLOW_ODE)),
+        ("flow heun", "ode_heun_t", dict(num_steps=25, **FLOW_ODE)),
+        ("sit_sde (SiT defaults)", "sit_sde", dict(num_steps=250)),
+        *EDM, *DPM,
+    ],
+    "ddpm": [
+        ("ddpm ancestral, beta~", "ddpm", dict(num_steps=25)),
+        ("ddpm ancestral, beta~", "ddpm", dict(num_steps=250)),
+        ("ddpm ancestral, beta~", "ddpm", dict(num_steps=1000)),
+        ("ddpm ancestral, beta", "ddpm", dict(num_steps=250, variance="beta")),
+        ("ddim (discrete grid) + tweedie", "ddim", dict(num_steps=9, time_grid="discrete")),
+        ("ddim (discrete grid) + tweedie", "ddim", dict(num_steps=19, time_grid="discrete")),
+        *EDM, *DPM,
+    ],
+}
+ENDS_AT_DATA = ("edm_heun", "ddpm", "sit_sde")
 REFERENCE_FACTOR = 4  # exact reference draws per sample
 
 
@@ -85,7 +131,7 @@ def stratified_draws(mixture, rng, m, sde, t):
     W_2 is very sensitive to how much mass sits in each mode; i.i.d. component labels would
     add that multinomial noise to the reference, stratifying removes it.
     """
-    alpha, sigma = (float(v) for v in sde.marginal_coeffs(jnp.float32(t)))
+    alpha, sigma = (float(v) for v in sde.marginal_coeffs(jnp.asarray(t, jnp.float32)))
     chol = np.linalg.cholesky(mixture.covs)
     parts = []
     for k, count in enumerate(np.round(mixture.weights * m).astype(int)):
@@ -95,34 +141,49 @@ def stratified_draws(mixture, rng, m, sde, t):
     return jnp.concatenate(parts).astype(jnp.float32)
 
 
+def end_time(name, options, sde):
+    """Where a sampler's output lives: p_0 for those that end at the data, else p_eps."""
+    if name in ENDS_AT_DATA or options.get("denoise", True):
+        return 0.0
+    return resolve_eps(sde, options.get("eps"))
+
+
 def accuracy_table(sde, mixture, n, seed=0):
+    model = mixture.model_fn(sde)
+    swds = {}
+
+    def swd_at(t):
+        if t not in swds:
+            reference = stratified_draws(mixture, jax.random.PRNGKey(seed + 100),
+                                         REFERENCE_FACTOR * n, sde, t)
+            swds[t] = SlicedWasserstein(reference, jax.random.PRNGKey(seed + 3))
+        return swds[t]
+
     eps = resolve_eps(sde, None)
-    score_fn = mixture.score_fn(sde)
-    reference = stratified_draws(mixture, jax.random.PRNGKey(seed + 100), REFERENCE_FACTOR * n,
-                                 sde, eps)
-    swd = SlicedWasserstein(reference, jax.random.PRNGKey(seed + 3))
     # The floor: how far n perfect (i.i.d.) samples are from the reference, over 3 draws.
     floor = np.mean([
-        swd(mixture.sample(jax.random.PRNGKey(seed + 10 + i), n, sde, eps)[0]) for i in range(3)
+        swd_at(eps)(mixture.sample(jax.random.PRNGKey(seed + 10 + i), n, sde, eps)[0])
+        for i in range(3)
     ])
     rows = [("exact i.i.d. draws (MC floor)", 0, floor, 0.0)]
-    for label, name, options in CASES:
-        fn = jax.jit(functools.partial(SAMPLERS[name], score_fn=score_fn, sde=sde,
-                                       shape=(n, mixture.dim), denoise=False, **options))
+    for label, name, options in CASES[sde.name]:
+        fn = jax.jit(functools.partial(SAMPLERS[name], score_fn=model, sde=sde,
+                                       shape=(n, mixture.dim), **options))
         key = jax.random.PRNGKey(seed)
         jax.block_until_ready(fn(key))  # compile
         start = time.perf_counter()
         result = jax.block_until_ready(fn(key))
         wall = time.perf_counter() - start
-        rows.append((label, int(result.nfe), swd(result.samples), wall))
+        rows.append((label, int(result.nfe), swd_at(end_time(name, options, sde))(result.samples),
+                     wall))
     return rows
 
 
 def print_table(title, rows):
     print(f"\n{title}", flush=True)
-    print(f"{'sampler':32s} {'NFE':>5s} {'SWD':>9s} {'wall s':>8s}")
+    print(f"{'sampler':36s} {'NFE':>5s} {'SWD':>9s} {'wall s':>8s}")
     for label, nfe, swd, wall in rows:
-        print(f"{label:32s} {nfe:5d} {swd:9.4f} {wall:8.3f}", flush=True)
+        print(f"{label:36s} {nfe:5d} {swd:9.4f} {wall:8.3f}", flush=True)
 
 
 # --- in-graph vs host-side adaptive ODE ------------------------------------------------------
@@ -177,16 +238,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n2d", type=int, default=40_000, help="samples in 2-D")
     parser.add_argument("--n64d", type=int, default=4_000, help="samples in 64-D")
+    parser.add_argument("--quick", action="store_true", help="the 2-D tables only")
     args = parser.parse_args()
-    print(f"devices {jax.devices()}; error = sliced W2 to exact draws of p_eps")
-    for sde_name in ("vp", "ve"):
-        sde = SDES[sde_name]()
-        print_table(f"{sde_name} SDE (eps {resolve_eps(sde, None)}), 2-D mixture (2 components), "
+    print(f"devices {jax.devices()}; error = sliced W2 to exact draws of p_end")
+    for name in ("vp", "ve", "edm", "flow", "ddpm"):
+        sde = PROCESSES[name]()
+        print_table(f"{name} (eps {resolve_eps(sde, None)}), 2-D mixture (2 components), "
                     f"{args.n2d} samples", accuracy_table(sde, two_d_mixture(), args.n2d))
-    sde = SDES["vp"]()
-    print_table(f"vp SDE, 64-D mixture (4 components, full covariances), {args.n64d} samples",
-                accuracy_table(sde, random_mixture(0, 64, 4), args.n64d))
+    if args.quick:
+        return
+    for name in ("vp", "edm", "flow", "ddpm"):
+        sde = PROCESSES[name]()
+        print_table(f"{name}, 64-D mixture (4 components, full covariances), {args.n64d} samples",
+                    accuracy_table(sde, random_mixture(0, 64, 4), args.n64d))
 
+    sde = PROCESSES["vp"]()
     print("\nAdaptive PF-ODE, Dopri5 (diffrax, in-graph) vs RK45 (scipy on host), MLP score")
     print(f"{'batch x dim':>12s} {'tol':>6s} {'in-graph s':>11s} {'NFE':>5s} {'host s':>8s} "
           f"{'NFE':>5s} {'speed-up':>8s} {'max |dx|':>9s}")

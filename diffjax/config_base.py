@@ -37,9 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
-    model.parameterization = "noise"  # network predicts the noise ("noise") or the score
-    model.scale_input = False  # feed x / sqrt(alpha^2 sigma_data^2 + sigma^2)
-    model.sigma_data = 0.5
+    # What the output means (diffjax/score.py): "eps" (alias "noise"), "score", "x0", "v",
+    # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
+    model.parameterization = "eps"
+    model.scale_input = False  # feed x / sqrt(alpha^2 sigma_data^2 + sigma^2) ("edm": always)
+    model.sigma_data = 0.5  # EDM's sigma_data (preconditioning and input scaling)
     model.conditional = False  # class-conditional (labels from the dataset)
     model.label_dropout = 0.1  # probability of the null label, for classifier-free guidance
     model.dropout = 0.1
@@ -98,11 +100,16 @@ def base_config() -> ml_collections.ConfigDict:
     autoencoder.sample_posterior = True  # decode a posterior sample (True) or the mean in training
 
     config.sde = sde = ml_collections.ConfigDict()
-    sde.name = "vp"  # "vp", "subvp" or "ve"
-    sde.beta_min = 0.1
+    # The diffusion process (diffjax/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
+    # "ddpm" (discrete, DiT/ADM), "flow" (flow matching / rectified flow), "edm".
+    sde.name = "vp"
+    sde.beta_min = 0.1  # vp, subvp
     sde.beta_max = 20.0
-    sde.sigma_min = 0.01
-    sde.sigma_max = 50.0
+    # ve: None = 0.01 / 50 (score_sde); edm: None = 0.002 / 80 (EDM).
+    sde.sigma_min = config_dict.placeholder(float)
+    sde.sigma_max = config_dict.placeholder(float)
+    sde.num_timesteps = 1000  # ddpm: N integer steps
+    sde.beta_schedule = "linear"  # ddpm: "linear" (Ho et al., 1e-4..0.02) or "cosine" (iDDPM)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global, over all devices and hosts
@@ -117,8 +124,15 @@ def base_config() -> ml_collections.ConfigDict:
     training.ema_decay = 0.9999
     training.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
     training.eps = 1e-5  # smallest training time
-    training.likelihood_weighting = False
-    training.reduce_mean = False  # mean (True) or sum (False) over pixels, as score_sde
+    # Distribution of training times (diffjax/losses.py): None = the process's own (uniform;
+    # ddpm: uniform over its steps; edm: log_normal), "uniform", "logit_normal", "log_normal".
+    training.time_sampling = config_dict.placeholder(str)
+    training.logit_normal_mean = 0.0  # logit_normal: t = sigmoid(mean + std z) (SD3: 0, 1)
+    training.logit_normal_std = 1.0
+    training.P_mean = -1.2  # log_normal: ln sigma~ ~ N(P_mean, P_std^2) (EDM)
+    training.P_std = 1.2
+    training.likelihood_weighting = False  # weight g(t)^2 on the score (score_sde)
+    training.reduce_mean = False  # mean (True) or 0.5 * sum (False) over pixels, as score_sde
     training.preemption_check_every_steps = 10  # multi-host agreement on SIGTERM
     training.profile_first_step = -1  # >= 0: trace steps [first, first + num) to WORKDIR/profile
     training.profile_num_steps = 5
@@ -143,15 +157,33 @@ def base_config() -> ml_collections.ConfigDict:
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "euler_maruyama"
     sampling.num_steps = 1000
-    sampling.eps = config_dict.placeholder(float)  # final time; None = 1e-3 (VP, sub-VP), 1e-5 (VE)
+    # Final time; None = the process's own: 1e-3 (VP family, flow), 1e-5 (VE), 1/N (ddpm),
+    # sigma_min (edm).
+    sampling.eps = config_dict.placeholder(float)
     sampling.denoise = True  # final Tweedie step at t = eps (one more network evaluation)
     sampling.predictor = "reverse_diffusion"  # for method "pc"
     sampling.snr = 0.16  # Langevin corrector signal-to-noise ratio
     sampling.corrector_steps = 1
-    # "uniform" (in t), "edm" (rho schedule), "log_snr"; None = each sampler's best grid.
+    # "uniform" (in t), "edm" (rho schedule), "log_snr", "discrete" (ddpm's respaced steps);
+    # None = each sampler's best grid.
     sampling.time_grid = config_dict.placeholder(str)
     sampling.rho = 7.0
     sampling.order = 3  # DPM-Solver multistep order
+    sampling.algorithm_type = "dpmsolver++"  # DPM-Solver: data ("dpmsolver++") or noise prediction
+    # DPM-Solver weights: "taylor_exact" (true order 3), "dpmsolver"/"taylor" (the official ones).
+    sampling.solver_type = "taylor_exact"
+    sampling.lower_order_final = True  # DPM-Solver: lower orders on the last steps below 10 steps
+    sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral
+    sampling.S_churn = 0.0  # edm_heun (EDM's Algorithm 2; 0 = deterministic Algorithm 1)
+    sampling.S_min = 0.0
+    sampling.S_max = float("inf")
+    sampling.S_noise = 1.0
+    sampling.variance = "beta_tilde"  # ddpm: "beta_tilde", "beta" or "learned"
+    sampling.clip_denoised = False  # ddpm: clip x0_hat to [-1, 1]
+    sampling.diffusion_form = "sigma"  # sit_sde: SiT's diffusion coefficient w(t)
+    sampling.diffusion_norm = 1.0
+    sampling.last_step = "mean"  # sit_sde: "mean", "tweedie", "euler", "none"
+    sampling.last_step_size = 0.04
     sampling.solver = "dopri5"  # adaptive ODE solver
     sampling.rtol = 1e-5
     sampling.atol = 1e-5

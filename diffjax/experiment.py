@@ -6,7 +6,8 @@ and the checkpoint converters all start from it, so they agree on shapes, shardi
 network's output means.
 
 A network is `net(x_in, noise_cond, labels)`; `network()` binds a module to its parameters and
-`score_fn_for()` turns that into the score function every sampler and loss takes.
+`score_fn_for()` turns that into the model function (a score function that also gives x0/eps
+predictions) every sampler and loss takes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from diffjax.models import build_model
 from diffjax.optimizer import make_optimizer
 from diffjax.parallel.mesh import create_mesh
 from diffjax.parallel.sharding import rules_from_config
-from diffjax.score import make_score_fn
+from diffjax.score import ModelFn, get_parameterization, make_score_fn
 from diffjax.sde import LinearSDE, get_sde
 from diffjax.train_state import ShardedStateSpec, state_spec
 
@@ -83,14 +84,21 @@ def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | N
 
 
 def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
-                 dropout_rng=None, guidance_scale: float = CONDITIONAL):
-    """The score function of `params`, with the configured parameterisation and guidance."""
+                 dropout_rng=None, guidance_scale: float = CONDITIONAL) -> ModelFn:
+    """The model function of `params`: a score function with `.predict` (see diffjax.score).
+
+    It carries the configured parameterisation, input scaling, learned-variance split (DiT's
+    learn_sigma) and classifier-free guidance; losses and samplers take it as their score_fn.
+    """
     net = network(model, params, train=train, dropout_rng=dropout_rng)
     if guidance_scale != CONDITIONAL and labels is not None:
         net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
+    m = config.model
+    scaled = m.scale_input or get_parameterization(m.parameterization).always_scale_input
     return make_score_fn(
-        sde, net, parameterization=config.model.parameterization,
-        sigma_data=config.model.sigma_data if config.model.scale_input else None, labels=labels)
+        sde, net, parameterization=m.parameterization,
+        sigma_data=m.sigma_data if scaled else None, labels=labels,
+        learned_variance=bool(m.name == "dit" and m.dit.learn_sigma))
 
 
 def open_checkpoints(workdir: str) -> Checkpointer:

@@ -1,10 +1,15 @@
 """A Gaussian mixture whose diffused marginals, scores and log-densities are known exactly.
 
-For data x_0 ~ sum_k w_k N(mu_k, Sigma_k) and any of our linear SDEs (kernel
+For data x_0 ~ sum_k w_k N(mu_k, Sigma_k) and any of our linear processes (kernel
 N(alpha x_0, sigma^2 I)),
     p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I),
-so the score and log p_t are closed-form at every t. Each Sigma_k = U_k diag(s_k) U_k^T is
-eigendecomposed once, which makes
+so the score and log p_t are closed-form at every t, and so are the posterior means
+    E[x0 | x_t] = sum_k r_k (mu_k + alpha Sigma_k C_k^{-1} (x_t - alpha mu_k)),
+    C_k = alpha^2 Sigma_k + sigma^2 I,
+    E[eps | x_t] = -sigma score,
+(r_k the posterior responsibilities): the exact optimum of every parameterisation's loss, and a
+model function that stays finite where alpha = 0 (flow matching at t = 1).
+Each Sigma_k = U_k diag(s_k) U_k^T is eigendecomposed once, which makes
     alpha^2 Sigma_k + sigma^2 I = U_k diag(alpha^2 s_k + sigma^2) U_k^T
 trivially invertible for every (example, t): a score evaluation costs O(B K D^2), no solves.
 
@@ -21,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.sde import LinearSDE
+from diffjax.processes import LinearProcess as LinearSDE
+from diffjax.score import Prediction
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,8 +51,9 @@ class GaussianMixture:
         return self.means.shape[1]
 
     # --- exact marginals -------------------------------------------------------------------
-    def _component_terms(self, sde: LinearSDE, x: jax.Array, t: jax.Array):
-        """Per component: log w_k N(x; alpha mu_k, C_k) and C_k^{-1} (x - alpha mu_k)."""
+    def _component_terms(self, sde: LinearSDE, x: jax.Array, t: jax.Array, posterior=False):
+        """Per component: log w_k N(x; alpha mu_k, C_k) and C_k^{-1} (x - alpha mu_k)
+        (and, with posterior=True, E[x0 | x_t, k])."""
         flat = jnp.reshape(x, (x.shape[0], -1))
         t = jnp.broadcast_to(jnp.asarray(t, flat.dtype), flat.shape[:1])
         alpha, sigma = sde.marginal_coeffs(t)
@@ -60,7 +67,11 @@ class GaussianMixture:
         log_norm = -0.5 * jnp.sum(coords**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
         log_weighted = jnp.log(jnp.asarray(self.weights, dtype))[None] + log_norm  # [B, K]
         precision_resid = jnp.einsum("kdj,bkj->bkd", eigvecs, coords / var)  # [B, K, D]
-        return log_weighted, precision_resid
+        if not posterior:
+            return log_weighted, precision_resid
+        shrunk = jnp.einsum("kdj,bkj->bkd", eigvecs, eigvals[None] * coords / var)
+        x0_k = means[None] + alpha[:, None, None] * shrunk  # [B, K, D]
+        return log_weighted, precision_resid, x0_k
 
     def log_prob(self, sde: LinearSDE, x: jax.Array, t) -> jax.Array:
         """log p_t(x), per example."""
@@ -77,6 +88,20 @@ class GaussianMixture:
         """The exact score in the samplers' `score_fn(x, t)` form."""
         return lambda x, t: self.score(sde, x, t)
 
+    def predict(self, sde: LinearSDE, x: jax.Array, t) -> Prediction:
+        """Exact E[x0 | x_t], E[eps | x_t] and score, in diffjax.score's Prediction form."""
+        log_weighted, precision_resid, x0_k = self._component_terms(sde, x, t, posterior=True)
+        resp = jax.nn.softmax(log_weighted, axis=-1)
+        score = jnp.reshape(-jnp.einsum("bk,bkd->bd", resp, precision_resid), x.shape)
+        x0 = jnp.reshape(jnp.einsum("bk,bkd->bd", resp, x0_k), x.shape)
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        sigma = sde.marginal_coeffs(t)[1].reshape((-1,) + (1,) * (x.ndim - 1))
+        return Prediction(x0=x0, eps=-sigma * score, score=score, output=score)
+
+    def model_fn(self, sde: LinearSDE) -> "ExactModel":
+        """The exact model: a score function with `.predict`, like diffjax's ModelFn."""
+        return ExactModel(self, sde)
+
     def responsibilities(self, sde: LinearSDE, x: jax.Array, t) -> jax.Array:
         log_weighted, _ = self._component_terms(sde, x, t)
         return jax.nn.softmax(log_weighted, axis=-1)
@@ -84,7 +109,7 @@ class GaussianMixture:
     # --- exact moments and draws -------------------------------------------------------------
     def moments(self, sde: LinearSDE, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Mean [D] and covariance [D, D] of p_t, in float64."""
-        alpha, sigma = (float(v) for v in sde.marginal_coeffs(jnp.float32(t)))
+        alpha, sigma = (float(v) for v in sde.marginal_coeffs(jnp.asarray(t, jnp.float32)))
         mean = self.weights @ self.means
         centred = self.means - mean
         within = np.einsum("k,kde->de", self.weights, self.covs)
@@ -104,6 +129,19 @@ class GaussianMixture:
             return x0, labels
         noise = jax.random.normal(diffuse_key, x0.shape)
         return sde.perturb(x0, jnp.full((n,), t, jnp.float32), noise), labels
+
+
+class ExactModel:
+    """A perfectly trained network for `sde`: what `diffjax.score.ModelFn` gives, exactly."""
+
+    def __init__(self, mixture: GaussianMixture, sde: LinearSDE):
+        self.mixture, self.sde = mixture, sde
+
+    def predict(self, x, t) -> Prediction:
+        return self.mixture.predict(self.sde, x, t)
+
+    def __call__(self, x, t):
+        return self.mixture.score(self.sde, x, t)
 
 
 def random_mixture(

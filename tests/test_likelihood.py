@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from diffjax.likelihood import bits_per_dim, bpd_offset, dequantize, likelihood_fn
-from diffjax.sde import SubVPSDE, VESDE, VPSDE
+from diffjax.processes import (
+    CosineVP, DiscreteDDPM, EDMProcess, RectifiedFlow, SubVPSDE, VESDE, VPSDE,
+)
 from gaussian_mixture import GaussianMixture, two_d_mixture
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
@@ -31,7 +33,7 @@ def _likelihood(sde, x, density=MIXTURE, rng=0, exact_prior=False, **kwargs):
 
 def _test_points(density, sde):
     # Typical points (exact draws) and a few far in the tails, where the flow is least gentle.
-    x, _ = density.sample(jax.random.PRNGKey(5), 60, sde, EPS)
+    x, _ = density.sample(jax.random.PRNGKey(5), 60, sde, sde.likelihood_eps)
     tails = jnp.array([[3.0, 3.0], [-3.5, 1.0], [0.0, -3.0], [4.0, -2.0]], jnp.float32)
     return jnp.concatenate([x, tails])
 
@@ -109,3 +111,15 @@ def test_bpd_of_quantised_data_uses_the_offset():
     np.testing.assert_allclose(np.asarray(result.logp), exact, atol=1e-2)
     expected_bpd = -exact / (2 * math.log(2)) + 7.0
     np.testing.assert_allclose(np.asarray(result.bpd), expected_bpd, atol=1e-2)
+
+
+@pytest.mark.parametrize("process", [CosineVP(), DiscreteDDPM(), RectifiedFlow(), EDMProcess()],
+                         ids=lambda p: p.name)
+def test_exact_trace_on_the_new_processes(process):
+    """The PF-ODE from predictions (alpha' x0_hat + sigma' eps_hat) integrates to T even where
+    alpha(T) = 0 (flow); each process's own start time (DDPM 1/N, EDM sigma_min, 1e-5 else)."""
+    x = _test_points(GAUSSIAN, process)[:16]
+    fn = functools.partial(likelihood_fn, process, GAUSSIAN.model_fn(process), exact_trace=True)
+    result = jax.jit(fn)(x, jax.random.PRNGKey(0))
+    exact = np.asarray(GAUSSIAN.log_prob(process, x, process.likelihood_eps))
+    np.testing.assert_allclose(np.asarray(result.logp), exact, rtol=2e-4, atol=5e-3)

@@ -108,5 +108,5 @@ def test_drifts_with_the_exact_score_of_a_gaussian(sde):
 
 
 def test_registry_names():
-    assert {name: cls.name for name, cls in SDES.items()} == {"vp": "vp", "subvp": "subvp",
-                                                              "ve": "ve"}
+    assert {name: cls.name for name, cls in SDES.items()} == {
+        name: name for name in ("vp", "subvp", "ve", "cosine", "ddpm", "flow", "edm")}

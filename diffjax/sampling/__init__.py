@@ -3,24 +3,33 @@
 Every sampler has the signature
     sampler(rng, score_fn, sde, shape, **options) -> SampleResult(samples, nfe)
 runs entirely in-graph (lax.scan / while_loop, no host callbacks), and is jittable with `shape` and
-the options static. `nfe` is the exact number of score-network evaluations.
+the options static. `score_fn` is a `diffjax.score.ModelFn` (or any score function: plain ones
+are wrapped by `as_model_fn`); samplers read x0_hat, eps_hat and the score of one network call from
+it. `nfe` is the exact number of network evaluations. `sde` is any `diffjax.processes` process.
 
-    name               options (besides eps, denoise)              NFE
-    euler_maruyama     num_steps, time_grid, rho                   N
-    reverse_diffusion  num_steps, time_grid, rho                   N
-    pc                 num_steps, predictor, snr, corrector_steps,  N (1 + corrector_steps)
-                       time_grid, rho
-    ode_euler          num_steps, time_grid, rho                   N
-    ode_heun           num_steps, time_grid, rho                   2N - 1
-    ode_adaptive       solver, rtol, atol, max_steps               1 + 6 * steps (dopri5, tsit5)
-    ddim               num_steps, time_grid, rho                   N
-    dpm_solver         num_steps, order, time_grid, rho            N
-plus one for the final Tweedie step when `denoise`. Inpainting (replacement, score_sde):
+    name               what                                          NFE
+    euler_maruyama     reverse SDE, Euler-Maruyama                   N
+    reverse_diffusion  reverse SDE with the exact linear transition  N
+    pc                 predictor + Langevin corrector                N (1 + corrector_steps)
+    ode_euler          PF-ODE Euler in t (flow: SiT's Euler)         N
+    ode_heun_t         PF-ODE Heun in t, every step corrected        2N
+                       (flow: SiT's Heun; not EDM's)
+    ode_adaptive       PF-ODE, adaptive Dopri5/Tsit5/Bosh3           1 + 6 x steps (dopri5, tsit5)
+    ddim               DDIM with eta, any grid                       N
+    dpm_solver         multistep DPM-Solver(++) orders 1-3           N
+    edm_heun           EDM's Heun in sigma~ with churn (Alg. 2),     2N - 1 (18 steps: 35)
+                       N = EDM's num_steps, last step to sigma = 0
+    ddpm               ancestral, posterior variance beta~/beta/     N (DiT's 250 steps: 250)
+                       learned, N = DiT's num_sampling_steps
+    sit_sde            SiT's SDE sampler (Euler-Maruyama + last step) N
+plus one for the final Tweedie step when `denoise` (samplers that have the option; edm_heun,
+ddpm and sit_sde end at the clean data by construction). Inpainting (replacement, score_sde):
 `inpaint(rng, score_fn, sde, x_known, mask, method=...)` for the three SDE samplers.
 
-Batch sharding: every sampler treats examples independently (per-example score evaluations,
-per-example Langevin step sizes); the only cross-example quantity anywhere is the adaptive ODE's
-scalar error norm. Jitting a sampler with a batch-sharded output keeps the whole loop sharded.
+Batch sharding: every sampler treats examples independently (per-example evaluations,
+per-example Langevin step sizes); the only cross-example quantities anywhere are the adaptive
+ODE's scalar error norm and the Langevin step's batch-mean norms. Jitting a sampler with a
+batch-sharded output keeps the whole loop sharded.
 """
 
 from __future__ import annotations
@@ -30,13 +39,16 @@ from typing import Any, Callable
 import jax
 
 from diffjax.sampling.adaptive_ode import ode_adaptive
+from diffjax.processes import LinearProcess
 from diffjax.sampling.ddim_sampler import ddim
+from diffjax.sampling.ddpm_sampler import ddpm
 from diffjax.sampling.dpm_solver_multistep import dpm_solver
+from diffjax.sampling.edm_sampler import edm_heun
 from diffjax.sampling.inpainting import inpaint
-from diffjax.sampling.ode_solvers import ode_euler, ode_heun
+from diffjax.sampling.ode_solvers import ode_euler, ode_heun_t
 from diffjax.sampling.result import SampleResult
 from diffjax.sampling.sde_solvers import euler_maruyama, predictor_corrector, reverse_diffusion
-from diffjax.sde import LinearSDE
+from diffjax.sampling.sit_sde import sit_sde
 from diffjax.score import ScoreFn
 
 SAMPLERS: dict[str, Callable[..., SampleResult]] = {
@@ -44,10 +56,17 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "reverse_diffusion": reverse_diffusion,
     "pc": predictor_corrector,
     "ode_euler": ode_euler,
-    "ode_heun": ode_heun,
+    "ode_heun_t": ode_heun_t,
     "ode_adaptive": ode_adaptive,
     "ddim": ddim,
     "dpm_solver": dpm_solver,
+    "edm_heun": edm_heun,
+    "ddpm": ddpm,
+    "sit_sde": sit_sde,
+}
+# Names that changed, with what to use instead.
+RENAMED: dict[str, str] = {
+    "ode_heun": "ode_heun_t (Heun in t, 2N evaluations) or edm_heun (EDM's Heun in sigma)",
 }
 
 _FIXED_GRID = ("num_steps", "eps", "time_grid", "rho", "denoise")
@@ -58,10 +77,13 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "reverse_diffusion": _FIXED_GRID,
     "pc": _FIXED_GRID + ("predictor", "snr", "corrector_steps"),
     "ode_euler": _FIXED_GRID,
-    "ode_heun": _FIXED_GRID,
+    "ode_heun_t": _FIXED_GRID,
     "ode_adaptive": ("eps", "solver", "rtol", "atol", "max_steps", "denoise"),
-    "ddim": _FIXED_GRID,
-    "dpm_solver": _FIXED_GRID + ("order",),
+    "ddim": _FIXED_GRID + ("eta",),
+    "dpm_solver": _FIXED_GRID + ("order", "algorithm_type", "solver_type", "lower_order_final"),
+    "edm_heun": ("num_steps", "eps", "rho", "S_churn", "S_min", "S_max", "S_noise"),
+    "ddpm": ("num_steps", "eps", "time_grid", "rho", "variance", "clip_denoised"),
+    "sit_sde": ("num_steps", "diffusion_form", "diffusion_norm", "last_step", "last_step_size"),
 }
 
 
@@ -70,8 +92,9 @@ def _optional(cast: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # Every `config.sampling` key the samplers read: default and type. None means "the sampler's own
-# default": eps -> 1e-3 (VP, sub-VP) or 1e-5 (VE); time_grid -> uniform for the SDE samplers and
-# ode_euler, edm for ode_heun, log_snr for ddim and dpm_solver.
+# default": eps -> the process's customary end time (1e-3 VP family and flow, 1e-5 VE, 1/N DDPM,
+# sigma_min EDM); time_grid -> uniform for the SDE samplers and ode_euler, edm for ode_heun_t,
+# log_snr for ddim and dpm_solver, discrete for ddpm on DDPM (log_snr elsewhere).
 CONFIG_DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "method": ("pc", str),
     "num_steps": (1000, int),
@@ -87,6 +110,20 @@ CONFIG_DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "atol": (1e-5, float),
     "max_steps": (4096, int),
     "order": (3, int),
+    "algorithm_type": ("dpmsolver++", str),
+    "solver_type": ("taylor_exact", str),
+    "lower_order_final": (True, bool),
+    "eta": (0.0, float),
+    "S_churn": (0.0, float),
+    "S_min": (0.0, float),
+    "S_max": (float("inf"), float),
+    "S_noise": (1.0, float),
+    "variance": ("beta_tilde", str),
+    "clip_denoised": (False, bool),
+    "diffusion_form": ("sigma", str),
+    "diffusion_norm": (1.0, float),
+    "last_step": ("mean", str),
+    "last_step_size": (0.04, float),
 }
 
 
@@ -94,8 +131,9 @@ def get_sampler(method: str) -> Callable[..., SampleResult]:
     try:
         return SAMPLERS[method]
     except KeyError:
+        hint = f" (renamed: use {RENAMED[method]})" if method in RENAMED else ""
         raise ValueError(
-            f"Unknown sampling.method={method!r}; choose one of {sorted(SAMPLERS)}."
+            f"Unknown sampling.method={method!r}{hint}; choose one of {sorted(SAMPLERS)}."
         ) from None
 
 
@@ -117,7 +155,7 @@ def sampler_options(sampling_config) -> dict:
     return options
 
 
-def sample(sampling_config, rng: jax.Array, score_fn: ScoreFn, sde: LinearSDE,
+def sample(sampling_config, rng: jax.Array, score_fn: ScoreFn, sde: LinearProcess,
            shape: tuple[int, ...]) -> SampleResult:
     """Draws `shape` samples with the sampler that `config.sampling.method` names."""
     sampler = get_sampler(sampling_config.get("method", CONFIG_DEFAULTS["method"][0]))

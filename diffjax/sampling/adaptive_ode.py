@@ -29,10 +29,11 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from diffjax.processes import LinearProcess as LinearSDE
+from diffjax.processes import float_dtype
 from diffjax.sampling.ode_solvers import pf_ode_drift
 from diffjax.sampling.result import SampleResult, finish
 from diffjax.sampling.time_grids import resolve_eps
-from diffjax.sde import LinearSDE
 from diffjax.score import ScoreFn
 
 Array = jax.Array
@@ -99,7 +100,7 @@ def solve_adaptive(
     """
     spec = get_solver_spec(solver)
     t0, t1 = float(t0), float(t1)
-    f0 = vector_field(jnp.float32(t0), y0)
+    f0 = vector_field(jnp.asarray(t0, float_dtype()), y0)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
         spec.make(),

@@ -1,55 +1,75 @@
-"""Deterministic DDIM (Song, Meng & Ermon, 2021; eta = 0), written for any linear SDE.
+"""DDIM (Song, Meng & Ermon, 2021), written for any linear process, with eta.
 
-Kept deliberately naive, as the reference that `dpm_solver(order=1)` must reproduce: from x_s at
-time s, predict the noise and the clean data,
-    eps_hat = -sigma_s score(x_s, s),   x0_hat = (x_s - sigma_s eps_hat) / alpha_s,
-and re-noise the prediction deterministically to the next time t:
-    x_t = alpha_t x0_hat + sigma_t eps_hat.
-This is exact for the PF-ODE whenever x0_hat is constant along the step, which is why it is the
-first-order exponential integrator (DPM-Solver-1 in either noise or data prediction).
+From x_t at time t, one network evaluation gives x0_hat and eps_hat; the step to s < t is
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta z,
+    sigma_eta = eta sqrt(beta~),
+    beta~ = sigma_s^2 / sigma_t^2 (sigma_t^2 - a^2 sigma_s^2),  a = alpha_t / alpha_s,
+the posterior variance of q(x_s | x_t, x0) (for DDPM's alphas_cumprod: DiT's/ADM's
+eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)). eta = 0 is deterministic, the
+first-order exponential integrator that `dpm_solver(order=1)` must reproduce; eta = 1 is
+ancestral sampling with the posterior variance.
+
+On DDPM's respaced steps (time_grid="discrete", num_steps = K - 1) with denoise=True (the last
+step to the clean data is the Tweedie estimate at n = 0), it is DiT's `ddim_sample_loop` with K
+steps: K network evaluations.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
-from diffjax.sampling.result import SampleResult, batch_time, finish
+from diffjax.processes import LinearProcess
+from diffjax.sampling.result import SampleResult, finish, predict
 from diffjax.sampling.time_grids import resolve_eps, time_grid as make_time_grid
-from diffjax.sde import LinearSDE
-from diffjax.score import ScoreFn, score_to_noise
+from diffjax.score import ScoreFn
 
 Array = jax.Array
 
 
-def ddim_step(score_fn: ScoreFn, sde: LinearSDE, x: Array, s, t) -> Array:
-    """One eta = 0 DDIM step from time s to time t (scalars), one network evaluation."""
-    s_batch = batch_time(s, x)
-    alpha_s, sigma_s = sde.marginal_coeffs(s)
-    alpha_t, sigma_t = sde.marginal_coeffs(t)
-    eps_hat = score_to_noise(sde, score_fn(x, s_batch), s_batch)
-    x0_hat = (x - sigma_s * eps_hat) / alpha_s
-    return alpha_t * x0_hat + sigma_t * eps_hat
+def ddim_step(model, process: LinearProcess, x: Array, s, t, *, eta: float = 0.0,
+              rng: Array | None = None, noise: Array | None = None) -> Array:
+    """One DDIM step from time s to time t < s (scalars), one network evaluation.
+
+    With eta > 0 the fresh noise is `noise` if given, else a draw from `rng`.
+    """
+    pred = predict(model, process, x, s)
+    alpha_t, sigma_t = process.marginal_coeffs(t)
+    if not eta:
+        return alpha_t * pred.x0 + sigma_t * pred.eps
+    alpha_s, sigma_s = process.marginal_coeffs(s)
+    a = alpha_s / alpha_t
+    posterior_var = sigma_t**2 / sigma_s**2 * (sigma_s**2 - a**2 * sigma_t**2)
+    sigma_eta = eta * jnp.sqrt(jnp.maximum(posterior_var, 0.0))
+    if noise is None:
+        noise = jax.random.normal(rng, x.shape, x.dtype)
+    return (alpha_t * pred.x0 + jnp.sqrt(jnp.maximum(sigma_t**2 - sigma_eta**2, 0.0)) * pred.eps
+            + sigma_eta * noise)
 
 
 def ddim(
     rng: Array,
     score_fn: ScoreFn,
-    sde: LinearSDE,
+    sde: LinearProcess,
     shape: tuple[int, ...],
     *,
     num_steps: int = 50,
     eps: float | None = None,
     time_grid: str = "log_snr",
     rho: float = 7.0,
+    eta: float = 0.0,
     denoise: bool = True,
 ) -> SampleResult:
-    """DDIM (eta = 0) from a prior draw. NFE = num_steps (+1 with `denoise`)."""
+    """DDIM from a prior draw. NFE = num_steps (+1 with `denoise`)."""
     eps = resolve_eps(sde, eps)
     grid = make_time_grid(time_grid, sde, num_steps, eps, rho=rho)
+    # The prior draw uses rng itself, as in every deterministic sampler, so eta = 0 starts from
+    # the same x_T as dpm_solver with the same rng.
+    keys = jax.random.split(jax.random.fold_in(rng, 1), int(num_steps))
 
-    def step(x, ts):
-        return ddim_step(score_fn, sde, x, ts[0], ts[1]), None
+    def step(x, inputs):
+        s, t, key = inputs
+        return ddim_step(score_fn, sde, x, s, t, eta=float(eta), rng=key), None
 
-    x, _ = jax.lax.scan(step, sde.prior_sample(rng, shape), (grid[:-1], grid[1:]))
+    x, _ = jax.lax.scan(step, sde.prior_sample(rng, shape), (grid[:-1], grid[1:], keys))
     return finish(sde, score_fn, x, int(num_steps), eps, denoise)
-

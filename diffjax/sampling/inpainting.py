@@ -25,10 +25,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diffjax.processes import LinearProcess as LinearSDE
+from diffjax.processes import broadcast_to_data
 from diffjax.sampling.result import SampleResult, finish
 from diffjax.sampling.sde_solvers import reverse_sde_loop
 from diffjax.sampling.time_grids import resolve_eps
-from diffjax.sde import LinearSDE, broadcast_to_data
 from diffjax.score import ScoreFn
 
 Array = jax.Array

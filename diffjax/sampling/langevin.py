@@ -28,8 +28,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffjax.processes import LinearProcess as LinearSDE
 from diffjax.sampling.result import batch_time
-from diffjax.sde import LinearSDE
 from diffjax.score import ScoreFn
 
 Array = jax.Array

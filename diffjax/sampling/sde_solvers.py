@@ -22,10 +22,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffjax.processes import LinearProcess as LinearSDE
+from diffjax.processes import as_time, broadcast_to_data
 from diffjax.sampling.langevin import Constraint, langevin_correct
-from diffjax.sampling.result import SampleResult, batch_time, finish
+from diffjax.sampling.result import SampleResult, batch_time, finish, predict
 from diffjax.sampling.time_grids import resolve_eps, time_grid
-from diffjax.sde import LinearSDE, broadcast_to_data
 from diffjax.score import ScoreFn
 
 Array = jax.Array
@@ -33,8 +34,7 @@ Array = jax.Array
 
 def forward_transition(sde: LinearSDE, s, t) -> tuple[Array, Array]:
     """(a, v) of the exact kernel x_t | x_s ~ N(a x_s, v I) for s < t."""
-    s = jnp.asarray(s, jnp.float32)
-    t = jnp.asarray(t, jnp.float32)
+    s, t = as_time(s), as_time(t)
     alpha_s, _ = sde.marginal_coeffs(s)
     alpha_t, sigma_t = sde.marginal_coeffs(t)
     a = alpha_t / alpha_s
@@ -52,7 +52,7 @@ Predictor = Callable[[Array, ScoreFn, LinearSDE, Array, Array, Array], Array]
 def euler_maruyama_step(rng, score_fn, sde, x, t, t_next):
     t_batch = batch_time(t, x)
     dt = t_next - t  # negative: integrating backwards in time
-    drift = sde.reverse_drift(x, t_batch, score_fn(x, t_batch))
+    drift = sde.reverse_drift(x, t_batch, predict(score_fn, sde, x, t).score)
     g = broadcast_to_data(sde.diffusion(t_batch), x)
     noise = jax.random.normal(rng, x.shape, x.dtype)
     return x + drift * dt + g * jnp.sqrt(-dt) * noise
@@ -60,7 +60,7 @@ def euler_maruyama_step(rng, score_fn, sde, x, t, t_next):
 
 def reverse_diffusion_step(rng, score_fn, sde, x, t, t_next):
     a, v = forward_transition(sde, t_next, t)
-    score = score_fn(x, batch_time(t, x))
+    score = predict(score_fn, sde, x, t).score
     noise = jax.random.normal(rng, x.shape, x.dtype)
     x_mean = x - (a - 1.0) * x + v * score
     return x_mean + jnp.sqrt(v) * noise
@@ -96,7 +96,8 @@ def reverse_sde_loop(
     corrector_steps: int = 0,
     constrain: Constraint | None = None,
 ) -> tuple[Array, int]:
-    """Predictor(-corrector) sweep from the prior at T to eps. Returns (x_eps, nfe).
+    """Predictor(-corrector) sweep from the prior at t_max (T, or 0.999 for flow, whose reverse
+    SDE is singular at T) to eps. Returns (x_eps, nfe).
 
     `constrain(x, t, rng)` is applied after the initial draw and after every predictor and
     corrector update, with the time x is now at; inpainting uses it to re-impose known pixels.
@@ -105,7 +106,7 @@ def reverse_sde_loop(
     corrector_steps = int(corrector_steps)
     if corrector_steps < 0:
         raise ValueError(f"sampling.corrector_steps={corrector_steps} must be >= 0.")
-    grid = time_grid(time_grid_name, sde, num_steps, eps, rho=rho)
+    grid = time_grid(time_grid_name, sde, num_steps, eps, rho=rho, start=sde.t_max)
     init_key, constrain_key, loop_key = jax.random.split(rng, 3)
     x = sde.prior_sample(init_key, shape)
     if constrain is not None:

@@ -1,97 +1,132 @@
-"""Time discretisations of [eps, T] for the fixed-step samplers.
+"""Time discretisations for the fixed-step samplers.
 
-Every grid is a decreasing array t_0 = T > t_1 > ... > t_N = eps of N + 1 times, so a sampler with
-`num_steps = N` takes N steps. Three spacings:
+Every grid is a decreasing array t_0 = start > t_1 > ... > t_N = eps of N + 1 times, so a sampler
+with `num_steps = N` takes N steps. Spacings:
 
-- "uniform": uniform in t (score_sde's choice for its SDE samplers).
+- "uniform": uniform in t (score_sde's choice for its SDE samplers; flow matching's Euler/Heun).
 - "edm": Karras et al. (2022)'s rho schedule in the noise-to-signal ratio sigma~ = sigma / alpha,
   sigma~_i = (sigma~_max^(1/rho) + i/N (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho, mapped
-  back to t through the SDE. For VE sigma~ is sigma itself; for the VP family
-  sigma~ = exp(-log_snr / 2), so the mapping goes through `sde.t_from_log_snr`, which is how one
-  schedule serves all three SDEs.
-  (EDM indexes N points with i/(N-1); we index N + 1 points, hence i/N.)
-- "log_snr": uniform in log-SNR, DPM-Solver's default, where its exponential integrator's step
+  back to t through the process (`t_from_noise_to_signal`), which is how one schedule serves every
+  process; for EDM's process (sigma~ = t) it is EDM's grid itself.
+  (EDM indexes N points with i/(N-1); we index N + 1 points, hence i/N. `edm_heun` uses EDM's.)
+- "log_snr": uniform in log-SNR, DPM-Solver's "logSNR", where its exponential integrator's step
   h = lambda_{i+1} - lambda_i is constant.
+- "discrete": DDPM only: the steps DiT's `space_timesteps(N_train, N + 1)` keeps, at
+  t_n = (n + 1) / N_train, from n = N_train - 1 to n = 0 (so it ends at the process's eps).
 
-The end points are pinned to exactly T and eps: the round trip t -> log_snr -> t loses a few ulps,
-and eps matters (it is where the samples are read off and where Tweedie denoising happens).
+Where they start: "uniform" and "discrete" at T; "edm" and "log_snr" at `process.t_max`, the
+largest time with a finite log-SNR (T, except flow matching's 0.999). Samplers built on f and g
+pass start=t_max for "uniform" too.
+
+Numerics: grids are computed in the working float dtype (float64 under x64) and their end points
+pinned to exactly start and eps (the round trip t -> log-SNR -> t loses a few ulps). Every
+process's inverse maps are written without cancellation, so every grid is strictly decreasing in
+float32 for every process (tests/test_processes.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.sde import LinearSDE
+from diffjax.processes import DiscreteDDPM, LinearProcess, float_dtype
+from diffjax.processes.ddpm import space_timesteps
 
 Array = jax.Array
 
-# score_sde ends the reverse process at 1e-3 for the VP family and 1e-5 for VE: the VP-family
-# kernels make sigma(t) ~ sqrt(beta_min t), which is already tiny at 1e-3, while VE has sigma_min.
-DEFAULT_EPS: dict[str, float] = {"vp": 1e-3, "subvp": 1e-3, "ve": 1e-5}
+
+def resolve_eps(process: LinearProcess, eps: float | None) -> float:
+    """`eps` itself, or the process's customary end time when None."""
+    if eps is None:
+        return float(process.default_eps)
+    eps = float(eps)
+    low_ok = eps >= 0.0 if process.allows_zero_eps else eps > 0.0
+    if not (low_ok and eps < process.T):
+        interval = "[0" if process.allows_zero_eps else "(0"
+        raise ValueError(f"sampling.eps={eps} must lie in {interval}, T={process.T}) for "
+                         f"sde.name={process.name}.")
+    return eps
 
 
-def resolve_eps(sde: LinearSDE, eps: float | None) -> float:
-    """`eps` itself, or the SDE's customary end time when None."""
-    if eps is not None:
-        eps = float(eps)
-        if not 0.0 < eps < sde.T:
-            raise ValueError(f"sampling.eps={eps} must lie in (0, T={sde.T}).")
-        return eps
-    try:
-        return DEFAULT_EPS[sde.name]
-    except KeyError:
-        raise ValueError(
-            f"No default end time for SDE {sde.name!r}; set sampling.eps explicitly "
-            f"(known defaults: {DEFAULT_EPS})."
-        ) from None
+def _pin_ends(t: Array, start: float, eps: float) -> Array:
+    return t.at[0].set(start).at[-1].set(eps)
 
 
-def _pin_ends(t: Array, sde: LinearSDE, eps: float) -> Array:
-    return t.at[0].set(sde.T).at[-1].set(eps)
-
-
-def uniform_grid(sde: LinearSDE, num_steps: int, eps: float, *, rho: float = 7.0) -> Array:
+def uniform_grid(process, num_steps, eps, *, rho=7.0, start=None) -> Array:
     del rho
-    return jnp.linspace(sde.T, eps, num_steps + 1, dtype=jnp.float32)
+    start = process.T if start is None else start
+    return jnp.linspace(start, eps, num_steps + 1, dtype=float_dtype())
 
 
-def noise_to_signal(sde: LinearSDE, t) -> Array:
-    """sigma~(t) = sigma(t) / alpha(t) = exp(-log_snr / 2), EDM's noise level."""
-    return jnp.exp(-0.5 * sde.log_snr(jnp.asarray(t, jnp.float32)))
+def _finite(value: float, what: str, eps: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"The {what} grid needs a finite log-SNR at its ends; sampling.eps={eps} "
+                         f"gives an infinite one: use eps > 0 or time_grid=uniform.")
+    return value
 
 
-def edm_grid(sde: LinearSDE, num_steps: int, eps: float, *, rho: float = 7.0) -> Array:
+def edm_grid(process, num_steps, eps, *, rho=7.0, start=None) -> Array:
     # Interpolating sigma~^(1/rho) linearly concentrates steps at low noise, where the data's
     # fine structure is resolved; rho = 7 is EDM's choice for image models.
-    s_max = noise_to_signal(sde, sde.T) ** (1.0 / rho)
-    s_min = noise_to_signal(sde, eps) ** (1.0 / rho)
-    frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=jnp.float32)
-    sigma = (s_max + frac * (s_min - s_max)) ** rho
-    return _pin_ends(sde.t_from_log_snr(-2.0 * jnp.log(sigma)), sde, eps)
+    start = process.t_max if start is None else start
+    sigma_tilde = edm_sigmas(process, num_steps + 1, eps, rho=rho, start=start)
+    return _pin_ends(process.t_from_noise_to_signal(sigma_tilde), start, eps)
 
 
-def log_snr_grid(sde: LinearSDE, num_steps: int, eps: float, *, rho: float = 7.0) -> Array:
+def edm_sigmas(process, num_points, eps, *, rho=7.0, start=None) -> Array:
+    """EDM's num_points noise levels sigma~ from sigma~(start) to sigma~(eps), decreasing."""
+    start = process.t_max if start is None else start
+    with jax.ensure_compile_time_eval():
+        s_max = float(process.noise_to_signal(start)) ** (1.0 / rho)
+        s_min = float(process.noise_to_signal(eps)) ** (1.0 / rho)
+    _finite(s_max, "edm", eps)
+    if num_points == 1:
+        return jnp.asarray([s_max**rho], float_dtype())
+    frac = jnp.arange(num_points, dtype=float_dtype()) / (num_points - 1)
+    return (s_max + frac * (s_min - s_max)) ** rho
+
+
+def log_snr_grid(process, num_steps, eps, *, rho=7.0, start=None) -> Array:
     del rho
-    lam = jnp.linspace(
-        sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(eps)), num_steps + 1
-    )
-    return _pin_ends(sde.t_from_log_snr(lam), sde, eps)
+    start = process.t_max if start is None else start
+    dtype = float_dtype()
+    with jax.ensure_compile_time_eval():
+        lam_start = float(process.log_snr(jnp.asarray(start, dtype)))
+        lam_end = float(process.log_snr(jnp.asarray(eps, dtype)))
+    _finite(lam_start, "log_snr", eps)
+    _finite(lam_end, "log_snr", eps)
+    lam = jnp.linspace(lam_start, lam_end, num_steps + 1, dtype=dtype)
+    return _pin_ends(process.t_from_log_snr(lam), start, eps)
+
+
+def discrete_steps(process: LinearProcess, num_points: int):
+    """The DDPM steps DiT keeps when respacing to `num_points`, decreasing (numpy int64)."""
+    if not isinstance(process, DiscreteDDPM):
+        raise ValueError(f"time_grid=discrete respaces the DDPM steps; sde.name={process.name!r} "
+                         f"has none: set --config.sde.name=ddpm or another time_grid.")
+    return space_timesteps(process.num_timesteps, num_points)[::-1]
+
+
+def discrete_grid(process, num_steps, eps, *, rho=7.0, start=None) -> Array:
+    del rho, eps, start
+    steps = discrete_steps(process, num_steps + 1)
+    return (jnp.asarray(steps, float_dtype()) + 1.0) / process.num_timesteps
 
 
 TIME_GRIDS: dict[str, Callable[..., Array]] = {
     "uniform": uniform_grid,
     "edm": edm_grid,
     "log_snr": log_snr_grid,
+    "discrete": discrete_grid,
 }
 
 
-def time_grid(
-    name: str, sde: LinearSDE, num_steps: int, eps: float, *, rho: float = 7.0
-) -> Array:
-    """The named grid: float32 times [T, ..., eps] of length num_steps + 1."""
+def time_grid(name: str, process: LinearProcess, num_steps: int, eps: float, *,
+              rho: float = 7.0, start: float | None = None) -> Array:
+    """The named grid: times [start, ..., eps] of length num_steps + 1, in the float dtype."""
     if int(num_steps) < 1:
         raise ValueError(f"sampling.num_steps={num_steps} must be at least 1.")
     try:
@@ -100,4 +135,10 @@ def time_grid(
         raise ValueError(
             f"Unknown sampling.time_grid={name!r}; choose one of {sorted(TIME_GRIDS)}."
         ) from None
-    return grid_fn(sde, int(num_steps), float(eps), rho=float(rho))
+    return grid_fn(process, int(num_steps), float(eps), rho=float(rho),
+                   start=None if start is None else float(start))
+
+
+def noise_to_signal(process: LinearProcess, t) -> Array:
+    """sigma~(t) = sigma(t) / alpha(t) = exp(-log_snr / 2), EDM's noise level."""
+    return process.noise_to_signal(t)

@@ -23,7 +23,7 @@ from diffjax.train_state import TrainState
 
 
 def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 batch -> (x0 in the SDE's range, labels or None)."""
+    """uint8 batch -> (x0 in the model's data range, labels or None)."""
     d = config.data
     x0 = to_model_range(batch["image"], rng, centered=d.centered, dequantize=d.dequantize,
                         random_flip=d.random_flip)
@@ -53,9 +53,8 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE,
         dropout_rng, loss_rng = jax.random.split(rng)
         score_fn = score_fn_for(config, model, sde, params, labels=labels, train=True,
                                 dropout_rng=dropout_rng)
-        per_example = losses.dsm_loss(loss_rng, score_fn, sde, x0, eps=t.eps,
-                                      likelihood_weighting=t.likelihood_weighting,
-                                      reduce_mean=t.reduce_mean)
+        per_example = losses.diffusion_loss(loss_rng, score_fn, sde, x0,
+                                            **losses.loss_options(t))
         return jnp.mean(per_example)
 
     def gradients(params, x0, labels, rng):
