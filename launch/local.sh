@@ -50,7 +50,8 @@ fi
 if [[ -z "$port" ]]; then
   # The kernel hands out an unused port; another job could take it before process 0 binds it,
   # but unlike a fixed default that needs a race, not just a second job.
-  port="$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
+  # (The system python3, not $PYTHON: any interpreter can ask the kernel for a port.)
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
 fi
 if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
   echo "local.sh: --port must be a TCP port number, got '$port'." >&2

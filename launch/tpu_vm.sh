@@ -145,7 +145,7 @@ install_everywhere() {
   local install
   install="set -e; $fetch; python3 -m venv ~/diffjax-venv; \
 ~/diffjax-venv/bin/pip install -q -U pip; \
-~/diffjax-venv/bin/pip install -q -e ~/diffjax $(quote "jax[tpu]==$jax_version"); \
+~/diffjax-venv/bin/pip install -q -e ~/diffjax $(quote "jax[tpu]==$jax_version") && \
 ~/diffjax-venv/bin/python -m diffjax.evaluation.fetch_weights"
   if [[ -n "$bucket" ]]; then
     # gcsfuse from Google's apt repository (see the Cloud Storage FUSE install guide).

@@ -170,6 +170,7 @@ def test_tpu_vm_dry_run_creates_installs_trains_and_deletes():
     setup = remote(install)
     assert "~/diffjax-venv/bin/pip" in setup and "-e" in setup
     assert f"jax[tpu]=={JAX_PIN}" in setup
+    assert "diffjax.evaluation.fetch_weights" in setup  # eval on the pod finds the weights
 
     words = remote(train)
     assert "DIFFJAX_DISTRIBUTED=auto" in words
@@ -279,6 +280,7 @@ def test_xpk_multislice_adds_data_parallelism_over_dcn():
         assert flag in argv, flag
     words = xpk_command(argv)
     assert words[:4] == ["pip", "install", "-q", "-e"] and f"jax[tpu]=={JAX_PIN}" in words
+    assert "diffjax.evaluation.fetch_weights" in words
     main = words.index("diffjax.main")
     assert "DIFFJAX_DISTRIBUTED=auto" in words[:main]
     assert words[main + 1:] == [*POD_TRAIN, "--config.mesh.dcn_data=2"]
@@ -348,12 +350,15 @@ def test_slurm_dry_run_one_task_per_node_drives_every_local_gpu():
 
 # --- the environment contract the launchers rely on ----------------------------------------------
 
+# The coordination service's heartbeat timeout is set on purpose (diffjax/parallel/peers.py).
+HEARTBEAT = {"heartbeat_timeout_seconds": 60}
+
 @pytest.mark.parametrize("environment, expected", [
     ({}, None),
-    ({"DIFFJAX_DISTRIBUTED": "auto"}, {"local_device_ids": None}),
+    ({"DIFFJAX_DISTRIBUTED": "auto"}, {"local_device_ids": None, **HEARTBEAT}),
     ({"DIFFJAX_DISTRIBUTED": "auto", "DIFFJAX_LOCAL_DEVICE_IDS": "0,1,2,3"},
-     {"local_device_ids": [0, 1, 2, 3]}),
-    ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "16"}, {"local_device_ids": None}),
+     {"local_device_ids": [0, 1, 2, 3], **HEARTBEAT}),
+    ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "16"}, {"local_device_ids": None, **HEARTBEAT}),
 ])
 def test_cluster_detection_calls_jax_distributed(monkeypatch, environment, expected):
     import jax
