@@ -97,7 +97,8 @@ def get_config(arg: str | None = None):
         config.sampling.method = "euler_maruyama"
         config.sampling.num_steps = 4 if tiny else 100
         config.sampling.eps = 1e-5 if objective == "ve" else 1e-3
-    config.sampling.guidance_scale = 1.0 if conditional else 0.0
+    # DiT's convention: 1 = plain conditional; 2 doubles the conditional direction.
+    config.sampling.guidance_scale = 2.0 if conditional else 1.0
     config.sampling.num_samples = 8 if tiny else 100
     config.sampling.batch_size = 8 if tiny else 100
 

@@ -190,6 +190,8 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.max_steps = 4096
     # Classifier-free guidance s (DiT/diffusers convention): 1 = plain conditional, DiT uses 1.5.
     sampling.guidance_scale = 1.0
+    # Guide only the first k output channels (0 = every prediction channel); DiT guides 3.
+    sampling.guidance_channels = 0
     sampling.use_ema = True
     sampling.num_samples = 64  # --mode=sample
     sampling.batch_size = 64

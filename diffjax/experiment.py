@@ -91,14 +91,18 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
     learn_sigma) and classifier-free guidance; losses and samplers take it as their score_fn.
     """
     net = network(model, params, train=train, dropout_rng=dropout_rng)
-    if guidance_scale != CONDITIONAL and labels is not None:
-        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes)
     m = config.model
+    learned_variance = bool(m.name == "dit" and m.dit.learn_sigma)
+    if guidance_scale != CONDITIONAL and labels is not None:
+        channels = int(config.sampling.get("guidance_channels", 0) or 0) or \
+            (config.data.num_channels if learned_variance else None)
+        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes,
+                                       guided_channels=channels)
     scaled = m.scale_input or get_parameterization(m.parameterization).always_scale_input
     return make_score_fn(
         sde, net, parameterization=m.parameterization,
         sigma_data=m.sigma_data if scaled else None, labels=labels,
-        learned_variance=bool(m.name == "dit" and m.dit.learn_sigma))
+        learned_variance=learned_variance)
 
 
 def open_checkpoints(workdir: str) -> Checkpointer:

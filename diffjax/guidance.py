@@ -10,6 +10,12 @@ Because the score is an affine function of the network output at fixed (x, t) fo
 parameterisation in `diffjax.score`, guiding the output guides the score. The conditional and the
 null halves go through the network as one batch of 2B, so guidance costs one (larger) call, not
 two; with s = 1 no null half is computed at all.
+
+Which channels: `guided_channels` limits guidance to the first k output channels and takes the
+rest from the conditional half. A network with a learned variance (DiT's learn_sigma) guides its
+prediction channels only; DiT itself guides just the first 3 of its 4 latent channels (its
+`forward_with_cfg`, documented in the paper's appendix), which `sampling.guidance_channels=3`
+reproduces for converted DiT checkpoints.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ from diffjax.score import NetFn
 CONDITIONAL = 1.0
 
 
-def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null_label: int) -> NetFn:
+def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null_label: int,
+                             guided_channels: int | None = None) -> NetFn:
     def guided(x_in, noise_cond, labels):
         null = jnp.full_like(labels, null_label)
         out = net(jnp.concatenate([x_in, x_in]), jnp.concatenate([noise_cond, noise_cond]),
                   jnp.concatenate([labels, null]))
         conditional, unconditional = jnp.split(out, 2)
-        return unconditional + guidance_scale * (conditional - unconditional)
+        mixed = unconditional + guidance_scale * (conditional - unconditional)
+        if guided_channels is None or guided_channels >= out.shape[-1]:
+            return mixed
+        return jnp.concatenate([mixed[..., :guided_channels],
+                                conditional[..., guided_channels:]], axis=-1)
 
     return guided
 

@@ -1,4 +1,5 @@
-"""Classifier-free guidance: w = 0 is conditional sampling, one batched network call, per-class grids."""
+"""Classifier-free guidance in DiT's convention: s = 1 is conditional sampling, one batched network
+call, channel-limited guidance (DiT, learned variance), per-class grids."""
 
 import os
 
@@ -40,19 +41,34 @@ def test_guidance_combines_conditional_and_null_outputs_in_one_call():
     conditional = net(x, c, labels)
     unconditional = net(x, c, jnp.full((4,), NUM_CLASSES))
     calls.clear()
-    guided = classifier_free_guidance(net, 2.0, null_label=NUM_CLASSES)(x, c, labels)
+    guided = classifier_free_guidance(net, 1.5, null_label=NUM_CLASSES)(x, c, labels)
     assert calls == [8], "conditional and null halves go through the network as one batch"
-    np.testing.assert_allclose(guided, conditional + 2.0 * (conditional - unconditional),
+    np.testing.assert_allclose(guided, unconditional + 1.5 * (conditional - unconditional),
                                rtol=1e-4, atol=1e-5)
+    one = classifier_free_guidance(net, 1.0, null_label=NUM_CLASSES)(x, c, labels)
+    np.testing.assert_allclose(one, conditional, rtol=1e-4, atol=1e-5)  # 2B vs B batch rounding
     zero = classifier_free_guidance(net, 0.0, null_label=NUM_CLASSES)(x, c, labels)
-    np.testing.assert_allclose(zero, conditional, rtol=1e-4, atol=1e-5)  # 2B vs B batch rounding
+    np.testing.assert_allclose(zero, unconditional, rtol=1e-4, atol=1e-5)
 
 
-def test_guidance_scale_zero_samples_like_the_conditional_model():
+def test_guidance_can_be_limited_to_the_first_channels_as_dit_does():
+    def net(x_in, noise_cond, labels):
+        # Output channel k of example i: label * 10 + k (the null label gives 100 + k).
+        del noise_cond
+        return labels[:, None, None, None] * 10.0 + jnp.arange(4.0) + 0 * x_in[..., :1]
+
+    x, c, labels = jnp.zeros((2, 2, 2, 1)), jnp.zeros(2), jnp.array([1, 2])
+    out = classifier_free_guidance(net, 1.5, null_label=10, guided_channels=3)(x, c, labels)
+    conditional, null = net(x, c, labels), net(x, c, jnp.full(2, 10))
+    np.testing.assert_allclose(out[..., :3], (null + 1.5 * (conditional - null))[..., :3])
+    np.testing.assert_allclose(out[..., 3:], conditional[..., 3:])  # unguided: conditional
+
+
+def test_guidance_scale_one_samples_like_the_conditional_model():
     net, _ = conditional_net()
     sde, labels = VPSDE(), jnp.arange(4) % NUM_CLASSES
     plain = make_score_fn(sde, net, labels=labels)
-    guided = make_score_fn(sde, classifier_free_guidance(net, 0.0, null_label=NUM_CLASSES),
+    guided = make_score_fn(sde, classifier_free_guidance(net, 1.0, null_label=NUM_CLASSES),
                            labels=labels)
     a = euler_maruyama(jax.random.key(2), plain, sde, (4, 8, 8, 1), num_steps=5)
     b = euler_maruyama(jax.random.key(2), guided, sde, (4, 8, 8, 1), num_steps=5)
