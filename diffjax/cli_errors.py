@@ -16,7 +16,6 @@ from absl import app, flags
 from diffjax.checkpointing import CheckpointError
 from diffjax.config_base import base_config
 from diffjax.data.pipeline import DataError
-from diffjax.parallel import peers
 from diffjax.parallel.mesh import MeshError
 from diffjax.workdir_lock import WorkdirBusyError
 
@@ -104,13 +103,6 @@ def run_main(main) -> None:
     """`app.run(main)` with one-line errors; absl defines --help/--helpfull before parsing."""
     try:
         app.run(main, flags_parser=_parse_flags)
-    except peers.LostProcessError as error:
-        # Exit now: the shutdown barrier at interpreter exit would wait for the dead process
-        # until the coordination service aborts this one with a C++ check failure.
-        sys.stderr.write(f"diffjax: error: LostProcessError: {_one_line(error)}\n")
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(peers.EXIT_LOST_PROCESS)
     except USER_ERRORS as error:
         if os.environ.get("DIFFJAX_TRACEBACK"):
             raise

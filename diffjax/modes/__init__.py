@@ -55,6 +55,10 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
+def _local_checkpoints(workdir: str) -> str | None:
+    return fs.join(fs.absolute(workdir), "checkpoints") if fs.is_local(workdir) else None
+
+
 # Modes that write checkpoints; the others only read a workdir and run beside training.
 WRITING_MODES = ("train",)
 
@@ -77,14 +81,14 @@ def run(config, workdir: str, mode: str = "train") -> Any:
         if jax.process_index() == 0:
             workdir_lib.check_writable(fs.absolute(workdir))
         workdir_lock.lock_for_job(workdir)
+    peers.start_watchdog(_local_checkpoints(workdir))
     try:
         config_validation.validate(config, mode)
-        return MODES[mode](config, workdir)
+        result = MODES[mode](config, workdir)
+        peers.stop_watchdog()
+        return result
     except Exception as error:
-        if peers.is_peer_failure(error):
-            raise peers.lost_process_error(
-                error, fs.join(fs.absolute(workdir), "checkpoints")
-                if fs.is_local(workdir) else None) from None
+        peers.exit_if_lost(error, _local_checkpoints(workdir))
         raise
     finally:
         if writes:

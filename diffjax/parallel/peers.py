@@ -14,6 +14,13 @@ every process has written its shards, so the newest complete checkpoint stays th
 To name the lost process, every process publishes (host, pid, IP addresses) in the coordination
 service's key-value store at start-up and reads everyone else's: a process on the same host is
 checked directly (is its pid alive?), one elsewhere is matched by the peer address in the error.
+
+A process can also be blocked where no collective fails: in a barrier of an asynchronous
+checkpoint save, say. For that, a watchdog thread writes a heartbeat of its own into the
+key-value store every WATCHDOG_PERIOD_S, and exits the process with the same one line when a
+peer's pid is gone (same host) or its heartbeat has not changed for STALE_PEER_S (other hosts),
+which is shorter than the coordination service's timeout, so diffjax's line comes first. A
+process that finishes normally marks itself done, so that its exit is not taken for a loss.
 """
 
 from __future__ import annotations
@@ -28,9 +35,14 @@ import jax
 from diffjax import local_processes
 
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("DIFFJAX_HEARTBEAT_TIMEOUT_S", "60"))
+WATCHDOG_PERIOD_S = 2.0
+STALE_PEER_S = max(10.0, HEARTBEAT_TIMEOUT_S * 2 / 3)
 EXIT_LOST_PROCESS = 75  # EX_TEMPFAIL: restart the job to resume from the newest checkpoint
 _KEY = "diffjax/peers/{}"
+_ALIVE_KEY = "diffjax/alive/{}"
+_DONE_KEY = "diffjax/done/{}"
 _PEERS: dict[int, dict] = {}
+_WATCHDOG = {"thread": None, "stop": None, "checkpoints": None}
 _FAILURE_MARKERS = ("gloo", "connection closed by peer", "connection reset", "broken pipe",
                     "heartbeat", "unavailable:", "deadline_exceeded", "nccl", "socket closed")
 
@@ -65,12 +77,46 @@ def register() -> None:
         _PEERS[index] = json.loads(raw)
 
 
-def is_peer_failure(error: BaseException) -> bool:
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def peer_failure(error: BaseException) -> BaseException | None:
+    """The runtime error in `error`'s chain that reports a lost peer, if any (multi-process)."""
     if jax.process_count() == 1:
-        return False
-    text = str(error).lower()
-    return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and \
-        any(marker in text for marker in _FAILURE_MARKERS)
+        return None
+    for link in _chain(error):
+        text = str(link).lower()
+        if type(link).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and \
+                any(marker in text for marker in _FAILURE_MARKERS):
+            return link
+    return None
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    return peer_failure(error) is not None
+
+
+def exit_if_lost(error: BaseException, checkpoints: str | None) -> None:
+    """When `error` reports a lost peer: one line on stderr and exit now, EXIT_LOST_PROCESS.
+
+    Called where the failure is first seen, before any clean-up: closing a checkpoint manager or
+    leaving jax.distributed waits on barriers that the dead process never reaches.
+    """
+    import sys
+
+    cause = peer_failure(error)
+    if cause is None:
+        return
+    message = lost_process_error(cause, checkpoints)
+    sys.stdout.flush()
+    sys.stderr.write(f"diffjax: error: LostProcessError: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_LOST_PROCESS)
 
 
 def lost_processes(error: BaseException) -> list[int]:
@@ -97,8 +143,9 @@ def describe(index: int) -> str:
     return f"process {index} (pid {record['pid']} on {record['host']})"
 
 
-def lost_process_error(error: BaseException, checkpoints: str | None) -> LostProcessError:
-    lost = lost_processes(error)
+def lost_process_error(error: BaseException, checkpoints: str | None,
+                       lost: list[int] | None = None) -> LostProcessError:
+    lost = lost_processes(error) if lost is None else lost
     who = ", ".join(describe(i) for i in lost) if lost else \
         "another process (its host is not known here; see the other processes' logs)"
     if checkpoints is not None:
@@ -110,5 +157,83 @@ def lost_process_error(error: BaseException, checkpoints: str | None) -> LostPro
     else:
         resume = "restart every process"
     first_line = str(error).strip().splitlines()[0][:160]
-    return LostProcessError(f"lost {who} during a collective ({first_line}); process "
-                            f"{jax.process_index()} stops too: {resume}.")
+    return LostProcessError(f"lost {who} ({first_line}); process {jax.process_index()} stops "
+                            f"too: {resume}.")
+
+
+def _client():
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
+
+
+def start_watchdog(checkpoints: str | None) -> None:
+    """Watches the other processes of this job from a daemon thread (multi-process only)."""
+    import threading
+    import time
+
+    _WATCHDOG["checkpoints"] = checkpoints
+    if jax.process_count() == 1 or _WATCHDOG["thread"] is not None or _client() is None:
+        return
+    client, me, host = _client(), jax.process_index(), socket.gethostname()
+    stop = threading.Event()
+    last_seen: dict[int, tuple[str, float]] = {}
+
+    def lost(index: int, why: str) -> None:
+        message = lost_process_error(RuntimeError(why), _WATCHDOG["checkpoints"], [index])
+        import sys
+
+        sys.stderr.write(f"diffjax: error: LostProcessError: {' '.join(str(message).split())}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_LOST_PROCESS)
+
+    def watch() -> None:
+        while not stop.wait(WATCHDOG_PERIOD_S):
+            now = time.monotonic()
+            try:
+                client.key_value_set(_ALIVE_KEY.format(me), str(time.time()),
+                                     allow_overwrite=True)
+                # Two directory reads per period whatever the number of processes: the
+                # coordinator serves O(processes) requests per period, not O(processes^2).
+                done = {_index(k) for k, _ in client.key_value_dir_get(_DONE_KEY.format(""))}
+                beats = {_index(k): v for k, v in
+                         client.key_value_dir_get(_ALIVE_KEY.format(""))}
+                for index, record in _PEERS.items():
+                    if index == me or index in done:
+                        continue
+                    if record["host"] == host:
+                        if not local_processes.alive(int(record["pid"])):
+                            lost(index, f"its pid {record['pid']} no longer exists")
+                        continue
+                    beat = beats.get(index)
+                    previous = last_seen.get(index)
+                    if previous is None or beat != previous[0]:
+                        last_seen[index] = (beat, now)
+                    elif now - previous[1] > STALE_PEER_S:
+                        lost(index, f"no heartbeat for {now - previous[1]:.0f}s")
+            except Exception as error:  # noqa: BLE001 - the coordinator itself is unreachable
+                if stop.is_set():
+                    return
+                if me != 0:
+                    lost(0, f"the coordination service is unreachable ({type(error).__name__})")
+
+    thread = threading.Thread(target=watch, name="diffjax-peer-watchdog", daemon=True)
+    _WATCHDOG.update(thread=thread, stop=stop)
+    thread.start()
+
+
+def stop_watchdog() -> None:
+    """Marks this process done (its exit is not a loss) and stops watching."""
+    if _WATCHDOG["thread"] is None:
+        return
+    _WATCHDOG["stop"].set()
+    try:
+        _client().key_value_set(_DONE_KEY.format(jax.process_index()), "1", allow_overwrite=True)
+    except Exception:  # noqa: BLE001 - shutting down anyway
+        pass
+    _WATCHDOG["thread"].join(timeout=5)
+    _WATCHDOG["thread"] = None
+
+
+def _index(key: str) -> int:
+    return int(key.rstrip("/").rsplit("/", 1)[-1])

@@ -30,6 +30,7 @@ from diffjax.generation import make_generate_fn
 from diffjax.guidance import grid_labels
 from diffjax.metric_writers import create_writer
 from diffjax.optimizer import learning_rate_schedule
+from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.preemption import PreemptionWatcher
@@ -243,6 +244,10 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 logging.warning("Preempted: checkpoint saved at step %d.", step)
                 break
         checkpointer.wait()
+    except Exception as error:
+        # A lost peer: exit before the clean-up below waits on barriers it never reaches.
+        peers.exit_if_lost(error, checkpointer.directory if fs.is_local(workdir) else None)
+        raise
     finally:
         if profiler is not None:
             with contextlib.suppress(RuntimeError):  # training ended inside the traced steps
