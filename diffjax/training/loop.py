@@ -136,9 +136,11 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         os.makedirs(workdir, exist_ok=True)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
-    loader = data_lib.TrainLoader(
+    # Global batches prefetched onto the devices; its state counts only the batches handed out.
+    loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count()),
+        batch_sharding(mesh), size=config.data.prefetch))
     checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
                                 async_save=t_cfg.async_checkpointing)
     latest = checkpointer.latest_step()
@@ -165,7 +167,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                                 t_cfg.num_sample_images)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
     context.enter_context(experiment.activate())
-    first_batch = global_batch(next(loader), batch_spec)
+    first_batch = next(loader)
     compile_start = time.perf_counter()
     compiled_step = train_step.lower(state, first_batch).compile()
     compile_seconds = time.perf_counter() - compile_start
@@ -195,7 +197,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     try:
         while step < t_cfg.num_train_steps:
             if batch is None:
-                batch = global_batch(next(loader), batch_spec)
+                batch = next(loader)
             state, metrics = compiled_step(state, batch)
             batch = None
             step += 1
