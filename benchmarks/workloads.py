@@ -3,8 +3,9 @@
 Every benchmark script runs each measurement in a fresh subprocess (benchmarks/interleaved.py), so
 XLA flags, thread pools and peak memory belong to that one measurement:
 `python benchmarks/workloads.py WORKLOAD [SCALE]` prints one line `RESULT {json}`: rates (from the
-median call, wall clock and process CPU time), peak RSS, compile seconds, parameter count, and a
-checksum of the outputs (to see that flag sets compute the same thing).
+median call, wall clock and process CPU time), peak RSS (of the whole process, and of the run
+alone: the kernel's counter is reset after compilation, `run_peak_rss_mb`), compile seconds,
+parameter count, and a checksum of the outputs (to see that flag sets compute the same thing).
 
 Workloads (sizes match tools/torch_reference_bench.py):
   ddpmpp_train  DDPM++ cont. (score_sde's cifar10_ddpmpp_continuous) with nf=32, 32x32x3,
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 
@@ -70,8 +70,27 @@ def dit_s2_config():
     return config
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+_SETUP_PEAK: list[float] = []  # peaks before each reset (compilation, model set-up)
+
+
+def reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS counter (VmHWM), so the run's peak excludes compilation."""
+    _SETUP_PEAK.append(run_peak_rss_mb() or 0.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def run_peak_rss_mb() -> float | None:
+    """Peak RSS since the last `reset_peak_rss` (VmHWM), in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(l for l in f if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024.0
+    except (OSError, StopIteration):
+        return None
 
 
 def _checksum(tree) -> float:
@@ -91,7 +110,9 @@ def rate_from(times: list[float], cpu_times: list[float], per_call: int = 1) -> 
     def median(values):
         ordered = sorted(values)
         middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+        if len(ordered) % 2:
+            return ordered[middle]
+        return 0.5 * (ordered[middle - 1] + ordered[middle])
 
     return dict(rate=per_call / median(times), best_rate=per_call / min(times),
                 cpu_rate=per_call / median(cpu_times), calls=len(times))
@@ -117,8 +138,25 @@ def _random_batch(config, seed: int = 0) -> dict:
             "label": rng.integers(0, d.num_classes, shape[:1], dtype=np.int32)}
 
 
-def train_step_workload(config, steps: int, warmup: int) -> dict:
-    """The loop's compiled train step on one fixed batch: steps/s after `warmup` steps."""
+class Prepared:
+    """A compiled workload: `call()` runs one timed unit (blocking) and returns its output."""
+
+    def __init__(self, call, *, per_call: int, unit: str, compiled=None, checksum=None, **info):
+        self.call, self.per_call, self.unit, self.compiled = call, per_call, unit, compiled
+        self.checksum = checksum or _checksum
+        self.info = info
+
+    def measure(self, count: int, warmup: int) -> dict:
+        reset_peak_rss()
+        for _ in range(warmup):
+            self.call()
+        times, cpu_times, out = timed(self.call, count)
+        return dict(rate_from(times, cpu_times, per_call=self.per_call), unit=self.unit,
+                    checksum=self.checksum(out), run_peak_rss_mb=run_peak_rss_mb(), **self.info)
+
+
+def prepare_train_step(config) -> Prepared:
+    """The loop's compiled train step (donated state) on one fixed batch; unit: steps."""
     import jax
 
     from diffjax.experiment import build_experiment, example_input
@@ -138,27 +176,22 @@ def train_step_workload(config, steps: int, warmup: int) -> dict:
     with experiment.activate():
         compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    num_params = count_params(state.params)
-    for _ in range(warmup):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
     holder = {"state": state}
 
-    def step():
+    def call():
         holder["state"], metrics = jax.block_until_ready(compiled(holder["state"], batch))
         return metrics
 
-    times, cpu_times, metrics = timed(step, steps)
-    return dict(rate_from(times, cpu_times), unit="steps/s", compile_s=compile_s, params=num_params,
-                checksum=_checksum(metrics))
+    return Prepared(call, per_call=1, unit="steps/s", compiled=compiled, compile_s=compile_s,
+                    params=count_params(state.params))
 
 
-def em_sample_workload(config, repeats: int, warmup: int = 0) -> dict:
-    """Euler-Maruyama, 100 steps, batch 32, random-initialised network: images/s."""
+def prepare_em_sampler(config) -> Prepared:
+    """Euler-Maruyama (config.sampling), random-initialised network; unit: images."""
     import jax
 
-    from diffjax.experiment import build_experiment, example_input, score_fn_for
     from diffjax import sampling
+    from diffjax.experiment import build_experiment, example_input, score_fn_for
     from diffjax.train_state import count_params, create_state
 
     experiment = build_experiment(config)
@@ -176,56 +209,64 @@ def em_sample_workload(config, repeats: int, warmup: int = 0) -> dict:
     with experiment.activate():
         compiled = jax.jit(generate).lower(state.ema_params, rng).compile()
     compile_s = time.perf_counter() - start
-    for _ in range(warmup):
+    nfe = []
+
+    def call():
         result = jax.block_until_ready(compiled(state.ema_params, rng))
-    times, cpu_times, result = timed(
-        lambda: jax.block_until_ready(compiled(state.ema_params, rng)), repeats)
-    return dict(rate_from(times, cpu_times, per_call=shape[0]), unit="images/s", compile_s=compile_s,
-                nfe=int(result.nfe), params=count_params(state.params),
-                checksum=_checksum(result.samples))
+        nfe.append(int(result.nfe))
+        return result.samples
+
+    return Prepared(call, per_call=shape[0], unit="images/s", compiled=compiled,
+                    compile_s=compile_s, params=count_params(state.params),
+                    nfe=config.sampling.num_steps)
 
 
-def inception_workload(batches: int, warmup: int = 1, image_size: int = 32) -> dict:
-    """FID Inception features of 32x32x3 uint8 images (the 299x299 resize included): images/s."""
+def prepare_inception(image_size: int = 32) -> Prepared:
+    """FID Inception features of uint8 images (the 299x299 resize included); unit: images."""
     import numpy as np
 
-    from diffjax.evaluation.inception import inception_features
+    from diffjax.evaluation import inception
     from diffjax.evaluation.inception_weights import load_inception_params
 
     params = load_inception_params()
-    images = np.random.default_rng(0).integers(
-        0, 256, (BATCH * batches, image_size, image_size, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, image_size, image_size, 3),
+                                               dtype=np.uint8)
     start = time.perf_counter()
-    inception_features(images[:BATCH * warmup], params, batch_size=BATCH)
+    inception.inception_features(images, params, batch_size=BATCH)  # compiles
     compile_s = time.perf_counter() - start
-    batches = iter(range(0, images.shape[0], BATCH))
-    sums = []
+    compiled = inception._network_forward.lower(  # for the profile's op names
+        params.get("params", params), inception._preprocess_batch(images), False).compile()
 
-    def features_of_next_batch():
-        begin = next(batches)
-        features = inception_features(images[begin:begin + BATCH], params, batch_size=BATCH)
-        sums.append(float(np.abs(features.astype(np.float64)).sum()))
+    def call():
+        return inception.inception_features(images, params, batch_size=BATCH)
 
-    times, cpu_times, _ = timed(features_of_next_batch, images.shape[0] // BATCH)
-    return dict(rate_from(times, cpu_times, per_call=BATCH), unit="images/s", compile_s=compile_s,
-                checksum=sum(sums))
+    return Prepared(call, per_call=BATCH, unit="images/s", compiled=compiled, compile_s=compile_s,
+                    checksum=lambda f: float(np.abs(np.asarray(f, np.float64)).sum()))
+
+
+def prepare(name: str) -> Prepared:
+    if name in ("ddpmpp_train", "dit_train"):
+        return prepare_train_step(small_ddpmpp_config() if name == "ddpmpp_train"
+                                  else dit_s2_config())
+    if name == "em_sample":
+        return prepare_em_sampler(small_ddpmpp_config())
+    if name == "inception":
+        return prepare_inception()
+    raise ValueError(f"unknown workload {name!r}; one of {sorted(WORKLOADS)}")
+
+
+# (timed calls, warm-up calls) per unit of --scale.
+COUNTS = {"ddpmpp_train": (5, 2), "em_sample": (1, 0), "inception": (2, 1), "dit_train": (3, 1)}
 
 
 def run_workload(name: str, scale: int = 1) -> dict:
     """One workload in this process; `scale` multiplies the timed amount of work."""
-    if name == "ddpmpp_train":
-        result = train_step_workload(small_ddpmpp_config(), steps=5 * scale, warmup=2)
-    elif name == "em_sample":
-        result = em_sample_workload(small_ddpmpp_config(), repeats=scale)
-    elif name == "inception":
-        result = inception_workload(batches=2 * scale)
-    elif name == "dit_train":
-        result = train_step_workload(dit_s2_config(), steps=3 * scale, warmup=1)
-    else:
-        raise ValueError(f"unknown workload {name!r}; one of {sorted(WORKLOADS)}")
+    count, warmup = COUNTS[name]
+    result = prepare(name).measure(count * scale, warmup)
     from jaxlib import version
 
-    result.update(peak_rss_mb=_peak_rss_mb(), cores=len(os.sched_getaffinity(0)),
+    result.update(peak_rss_mb=max(_SETUP_PEAK + [run_peak_rss_mb() or 0.0]),
+                  setup_peak_rss_mb=max(_SETUP_PEAK), cores=len(os.sched_getaffinity(0)),
                   jaxlib=version.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     return result
 

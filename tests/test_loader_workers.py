@@ -1,4 +1,4 @@
-"""Grain worker processes, device prefetch and generic records: the stream and its resume stay exact."""
+"""Grain worker processes, device prefetch, generic records: the stream and resume stay exact."""
 
 import jax
 import ml_collections

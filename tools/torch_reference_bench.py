@@ -23,7 +23,7 @@ Setting up (the reference code is read from checkouts, never vendored):
     mkdir -p /tmp/ref/score_sde_pytorch /tmp/ref/DiT
     git -C /work/.mirror/yang-song+score_sde_pytorch/repo archive HEAD | tar -x -C /tmp/ref/score_sde_pytorch
     git -C /work/.mirror/facebookresearch+DiT/repo archive HEAD | tar -x -C /tmp/ref/DiT
-    /work/toolsenv/bin/pip install --no-deps pytorch-fid==0.3.0 timm
+    /work/toolsenv/bin/pip install --no-deps pytorch-fid==0.3.0 timm==1.0.31
     # pytorch-fid and timm import torchvision; only PyPI's CUDA build exists, so it goes into its
     # own folder (its CUDA ops are not loaded; the Python models and layers work on CPU):
     /work/toolsenv/bin/pip install --no-deps --target /work/toolsenv/extra_torchvision torchvision==0.28.0
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 import types
@@ -48,8 +47,25 @@ BATCH = 32
 EM_STEPS = 100
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+_SETUP_PEAK: list[float] = []  # peaks before each reset (compilation, model set-up)
+
+
+def reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS counter (VmHWM) before the timed part, as on the JAX side."""
+    _SETUP_PEAK.append(run_peak_rss_mb() or 0.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def run_peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(l for l in f if l.startswith("VmHWM:")).split()[1]) / 1024.0
+    except (OSError, StopIteration):
+        return None
 
 
 def _import_torchvision(extra_path: str | None):
@@ -88,14 +104,16 @@ def rate_from(times: list[float], cpu_times: list[float], per_call: int = 1) -> 
     def median(values):
         ordered = sorted(values)
         middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+        if len(ordered) % 2:
+            return ordered[middle]
+        return 0.5 * (ordered[middle - 1] + ordered[middle])
 
     return dict(rate=per_call / median(times), best_rate=per_call / min(times),
                 cpu_rate=per_call / median(cpu_times), calls=len(times))
 
 
 def _timed(call, count: int) -> tuple[list[float], list[float], object]:
-    times, cpu_times, out = [], [], None
+    times, cpu_times, out = [], [], None  # callers reset the peak RSS before their warm-up
     for _ in range(count):
         start, cpu_start = time.perf_counter(), time.process_time()
         out = call()
@@ -130,6 +148,7 @@ def ddpmpp_train(args) -> dict:
                                  likelihood_weighting=False)
     # run_lib.train: uint8 -> [0, 1] -> scaler (centered: 2x - 1), NCHW float.
     batch = torch.rand(BATCH, 3, 32, 32) * 2 - 1
+    reset_peak_rss()
     for _ in range(args.warmup):
         step_fn(state, batch)
     times, cpu_times, loss = _timed(lambda: step_fn(state, batch), args.steps)
@@ -155,6 +174,7 @@ def em_sample(args) -> dict:
         sde, (BATCH, 3, 32, 32), sampling.EulerMaruyamaPredictor, sampling.NoneCorrector,
         inverse_scaler=lambda x: (x + 1) / 2, snr=0.16, n_steps=1, probability_flow=False,
         continuous=True, denoise=True, eps=1e-3, device=torch.device("cpu"))
+    reset_peak_rss()
     with torch.no_grad():  # one network call warms up (compilation is excluded on both sides)
         model(torch.zeros(BATCH, 3, 32, 32), torch.full((BATCH,), 999.0))
     times, cpu_times, (samples, nfe) = _timed(lambda: sampler(model), args.repeats)
@@ -168,6 +188,7 @@ def _time_features(forward, args) -> dict:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (BATCH * args.batches, 3, 32, 32), dtype=torch.uint8,
                            generator=generator)
+    reset_peak_rss()
     with torch.no_grad():
         for _ in range(args.warmup):
             forward(images[:BATCH])
@@ -257,6 +278,7 @@ def dit_train(args) -> dict:
         update_ema()
         return loss
 
+    reset_peak_rss()
     for _ in range(args.warmup):
         step()
     times, cpu_times, loss = _timed(step, args.steps)
@@ -298,7 +320,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     result = WORKLOADS[args.workload](args)
-    result.update(peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads(),
+    result.update(peak_rss_mb=max(_SETUP_PEAK + [run_peak_rss_mb() or 0.0]),
+                  run_peak_rss_mb=run_peak_rss_mb(), setup_peak_rss_mb=max(_SETUP_PEAK),
+                  threads=torch.get_num_threads(), cores=len(os.sched_getaffinity(0)),
                   torch=torch.__version__)
     print("RESULT", json.dumps(result), flush=True)
 

@@ -1,4 +1,4 @@
-"""Synthetic CIFAR-10-like and latent datasets for loader benchmarks (tools/make_benchmark_datasets.py)."""
+"""Synthetic CIFAR-10-like and latent datasets for the input-pipeline benchmarks."""
 
 from synthetic_images.synthetic_images_dataset_builder import Builder
 
