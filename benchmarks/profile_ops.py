@@ -27,9 +27,9 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Runtime events that enclose op events (counting them would count the ops twice).
-_ENCLOSING = ("ThunkExecutor", "PjitFunction", "PjRt", "Execute", "$", "ParseArguments",
-              "Handle inputs", "AllocateOutputBuffers", "PythonRefManager", "while", "call",
-              "conditional")
+_ENCLOSING = ("ThunkExecutor", "PjitFunction", "PjRt", "CommonPjRt", "Execute", "$",
+              "ParseArguments", "Handle input", "AllocateOutputBuffers", "PythonRefManager",
+              "while", "call", "conditional", "end: ", "Wait for", "ThreadpoolListener")
 
 
 def op_categories(hlo_text: str) -> dict[str, str]:
@@ -74,6 +74,26 @@ def op_categories(hlo_text: str) -> dict[str, str]:
                 category = opcode
             categories[name] = category
     return categories
+
+
+def category_of(name: str, categories: dict[str, str]) -> str:
+    """The HLO's category of a traced op, or one from the op's name (thunks of other names)."""
+    if name in categories:
+        return categories[name]
+    base = name.rstrip("0123456789.")
+    if "ynn" in base:
+        return "YNNPACK fusion"
+    if base.startswith(("convolution", "conv_general_dilated")):
+        return "convolution"
+    if "transpose" in base or base.startswith("copy"):
+        return "transpose/copy"
+    if base.startswith("dot"):
+        return "dot"
+    if "reduce" in base:
+        return "reduction"
+    if base.endswith("fusion"):
+        return "elementwise fusion"
+    return f"other ({base})"
 
 
 def trace_events(log_dir: str) -> collections.Counter:
@@ -121,10 +141,13 @@ def main():
             for _ in range(args.calls):
                 prepared.call()
         totals = trace_events(log_dir)
+    if args.dump:
+        with open(os.path.join(args.dump, f"{args.workload}.op_ms.json"), "w") as f:
+            json.dump(dict(totals.most_common()), f, indent=0)
     total = sum(totals.values())
     by_category: collections.Counter = collections.Counter()
     for name, ms in totals.items():
-        by_category[categories.get(name, "other (" + name.split(".")[0] + ")")] += ms
+        by_category[category_of(name, categories)] += ms
     print(f"{args.workload}: {total / args.calls:.0f} ms of op time per call "
           f"(summed over threads); XLA_FLAGS={os.environ['XLA_FLAGS']}\n")
     print("| category | share |\n|---|---:|")
@@ -132,7 +155,7 @@ def main():
         print(f"| {category} | {ms / total:.1%} |")
     print("\n| top op | category | ms per call | share |\n|---|---|---:|---:|")
     for name, ms in totals.most_common(args.top):
-        print(f"| {name} | {categories.get(name, '?')} | {ms / args.calls:.1f} | "
+        print(f"| {name} | {category_of(name, categories)} | {ms / args.calls:.1f} | "
               f"{ms / total:.1%} |")
 
 

@@ -22,6 +22,7 @@ CANDIDATES = {
     "ynn_off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn_no_conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "ynn_no_dot": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
+    "ynn_reduce_only": "--xla_cpu_experimental_ynn_fusion_type=reduce",
     "onednn": "--xla_cpu_use_onednn=true",
 }
 WORKLOADS = ("ddpmpp_train", "em_sample", "inception", "dit_train")

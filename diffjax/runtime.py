@@ -34,7 +34,7 @@ XLA_CPU_DEFAULTS_ENV_VAR = "DIFFJAX_XLA_CPU_DEFAULTS"  # "off" keeps XLA's own d
 # faster too, and a DDPM++ train step unchanged. Results agree to float32 rounding
 # (tests/test_runtime_flags.py).
 XLA_CPU_DEFAULTS: dict[str, tuple[str, ...]] = {
-    "0.10.2": ("--xla_cpu_experimental_ynn_fusion_type=",),
+    "0.10.2": ("--xla_cpu_experimental_ynn_fusion_type=reduce",),
 }
 
 

@@ -11,12 +11,12 @@ import pytest
 from diffjax import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+YNN_REDUCE = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
 def test_user_flags_win_and_defaults_fill_in():
-    defaults = (YNN_OFF, "--xla_cpu_foo=1")
-    assert runtime.merge_xla_flags("", defaults) == f"{YNN_OFF} --xla_cpu_foo=1"
+    defaults = (YNN_REDUCE, "--xla_cpu_foo=1")
+    assert runtime.merge_xla_flags("", defaults) == f"{YNN_REDUCE} --xla_cpu_foo=1"
     # Another flag of the user's is kept, after the defaults; the same flag (any value) wins.
     merged = runtime.merge_xla_flags("--xla_force_host_platform_device_count=8 "
                                      "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
@@ -27,7 +27,7 @@ def test_user_flags_win_and_defaults_fill_in():
 
 def test_defaults_are_per_jaxlib_and_can_be_switched_off(monkeypatch):
     monkeypatch.delenv(runtime.XLA_CPU_DEFAULTS_ENV_VAR, raising=False)
-    assert runtime.default_xla_flags("0.10.2") == (YNN_OFF,)
+    assert runtime.default_xla_flags("0.10.2") == (YNN_REDUCE,)
     assert runtime.default_xla_flags("0.0.1") == ()  # unmeasured jaxlib: XLA's own defaults
     monkeypatch.setenv(runtime.XLA_CPU_DEFAULTS_ENV_VAR, "off")
     assert runtime.default_xla_flags("0.10.2") == ()
@@ -79,7 +79,14 @@ def outputs(key):
 
 key = jax.random.key(0)
 compiled = jax.jit(outputs).lower(key).compile()
-out["ynn_fusions_in_hlo"] = compiled.as_text().count("ynn")
+# Which operations XLA hands to YNNPACK: the bodies of the `ynn_fusion`s in the compiled HLO.
+import re
+hlo = compiled.as_text()
+bodies = dict(re.findall(r"\n(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, flags=re.S))
+ynn_ops = [op for line in hlo.splitlines() if re.search(r"=.* fusion\(.*__ynn_fusion", line)
+           for op in ("convolution", "dot", "reduce")
+           if f" {op}(" in bodies.get(re.search(r"calls=(%[\w.\-]+)", line).group(1), "")]
+out["ynn_ops"] = {op: ynn_ops.count(op) for op in ("convolution", "dot", "reduce")}
 y, grad_x, grad_w = compiled(key)
 out["outputs"] = np.asarray(y).tolist()
 out["grad_x"] = np.asarray(grad_x).ravel()[::7].tolist()
@@ -105,11 +112,13 @@ def test_flags_apply_before_jax_starts_and_change_only_float_rounding(tmp_path):
     without = probe(tmp_path, DIFFJAX_XLA_CPU_DEFAULTS="off")
     user = probe(tmp_path, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=individual_dot",
                  PROBE_ONLY_FLAGS="1")
-    assert YNN_OFF in with_flags["xla_flags"].split()
+    assert YNN_REDUCE in with_flags["xla_flags"].split()
     assert without["xla_flags"] == ""
     assert user["xla_flags"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
-    # The flag reaches XLA: YNNPACK fusions are compiled without it and never with it.
-    assert without["ynn_fusions_in_hlo"] > 0 and with_flags["ynn_fusions_in_hlo"] == 0
+    # The flag reaches XLA: YNNPACK keeps the reductions and no longer gets dots/convolutions.
+    assert without["ynn_ops"]["dot"] > 0 and without["ynn_ops"]["reduce"] > 0
+    assert with_flags["ynn_ops"] == {"convolution": 0, "dot": 0,
+                                     "reduce": without["ynn_ops"]["reduce"]}
     for key in ("outputs", "grad_x"):
         np.testing.assert_allclose(with_flags[key], without[key], rtol=1e-4, atol=1e-5)
     for got, want in zip(with_flags["grad_w"], without["grad_w"]):
