@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     data.centered = True  # [-1, 1] (VP family) or [0, 1] (VE)
     data.dequantize = True
     data.random_flip = False
+    data.num_workers = 0  # Grain worker processes decoding batches; 0 = threads in this process
+    data.prefetch = 2  # global batches kept on the devices ahead of the step (2 = double buffer)
     # Latent diffusion: a latent dataset written by --mode=encode_latents (diffjax/latents/).
     data.latent_dir = ""  # "" = train on pixels
     data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip

@@ -1,9 +1,10 @@
-"""Datasets: TFDS as the catalog, Grain over `tfds.data_source` as the deterministic loader.
+"""Datasets: TFDS as the catalog, random-access ArrayRecord sources, records stacked into batches.
 
-The training stream is a pure function of (seed, step): a globally shuffled index sequence,
-re-shuffled every epoch, cut into global batches; each process reads only its own slice of every
-global batch. So the global batch at step s is the same whatever the number of processes, and the
-iterator's state (saved in every checkpoint) is just a position in that sequence.
+`dataset_builder` / `data_source` find a split (embedded datasets are prepared on first use) and
+turn every way it can be missing into a DataError naming the fix; `read_records` decodes records
+into a batch of arrays, one per numeric field, so that image datasets ({"image", "label"}) and
+latent datasets ({"mean", "std", "label"}) go through the same code. The training stream on top
+of this is diffjax/data/loader.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -68,8 +68,14 @@ def data_source(data_config, split: str):
 
 
 def check_image_shape(data_config, source) -> None:
-    """Fails early when the stored images differ from data.image_size / data.num_channels."""
-    image = np.asarray(source[0]["image"])
+    """Fails early when stored images differ from data.image_size / data.num_channels.
+
+    Record types without an "image" field (e.g. latents) are not checked here.
+    """
+    first = source[0]
+    if "image" not in first:
+        return
+    image = np.asarray(first["image"])
     want = (data_config.image_size, data_config.image_size, data_config.num_channels)
     if image.shape != want:
         raise DataError(
@@ -79,53 +85,36 @@ def check_image_shape(data_config, source) -> None:
         )
 
 
-def read_records(source, indices: np.ndarray) -> dict[str, np.ndarray]:
+def array_fields(record: dict) -> tuple[str, ...]:
+    """The record's top-level numeric fields: what a batch carries (ids, strings, nested dicts
+    such as CelebA's attributes are left out)."""
+    return tuple(sorted(name for name, value in record.items()
+                        if not isinstance(value, dict)
+                        and np.asarray(value).dtype.kind in "biuf"))
+
+
+def stack_records(records: list[dict], fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{field: [N, ...] array}; 64-bit integers become int32 (labels), other dtypes are kept.
+
+    A batch always has "label": records without one (unlabelled datasets) get zeros, which only
+    conditional models would read.
+    """
+    batch = {}
+    for name in fields:
+        values = np.stack([np.asarray(r[name]) for r in records])
+        if values.dtype.kind in "iu" and values.dtype.itemsize == 8:
+            values = values.astype(np.int32)
+        batch[name] = values
+    if "label" not in batch:
+        batch["label"] = np.zeros((len(records),), np.int32)
+    return batch
+
+
+def read_records(source, indices: np.ndarray, fields: tuple[str, ...] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The records at `indices`, decoded and stacked per field (`array_fields` by default)."""
     records = source.__getitems__([int(i) for i in indices])
-    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-    labels = np.asarray([int(r.get("label", 0)) for r in records], np.int32)
-    return {"image": images, "label": labels}
-
-
-class TrainLoader:
-    """Endless, checkpointable stream of this process's slice of every global batch."""
-
-    def __init__(self, data_config, *, global_batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, split: str | None = None, num_threads: int = 2):
-        if global_batch_size % process_count:
-            raise DataError(
-                f"training.batch_size={global_batch_size} is not divisible by the "
-                f"{process_count} processes; choose a multiple of {process_count}."
-            )
-        self.source = data_source(data_config, split or data_config.split)
-        check_image_shape(data_config, self.source)
-        local = global_batch_size // process_count
-        start = process_index * local
-        source = self.source
-
-        def read_local_slice(global_indices: np.ndarray) -> dict[str, np.ndarray]:
-            return read_records(source, global_indices[start:start + local])
-
-        dataset = (
-            grain.MapDataset.range(len(self.source))
-            .shuffle(seed=seed)
-            .repeat(None)
-            .batch(global_batch_size, drop_remainder=True)
-            .map(read_local_slice)
-        )
-        options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
-        self._iterator = iter(dataset.to_iter_dataset(options))
-
-    def __iter__(self) -> "TrainLoader":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iterator)
-
-    def get_state(self) -> dict:
-        return self._iterator.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self._iterator.set_state(state)
+    return stack_records(records, fields or array_fields(records[0]))
 
 
 def iterate_split(data_config, split: str, batch_size: int, *, process_index: int = 0,
@@ -133,6 +122,7 @@ def iterate_split(data_config, split: str, batch_size: int, *, process_index: in
     """One ordered pass over this process's share of a split (for statistics and likelihoods)."""
     source = data_source(data_config, split)
     check_image_shape(data_config, source)
+    fields = array_fields(source[0])
     indices = np.arange(len(source))[process_index::process_count]
     for begin in range(0, len(indices), batch_size):
-        yield read_records(source, indices[begin:begin + batch_size])
+        yield read_records(source, indices[begin:begin + batch_size], fields)

@@ -67,11 +67,6 @@ def raise_if_nonfinite(state: TrainState, last_saved: int | None) -> None:
         )
 
 
-def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, v)
-            for k, v in local_batch.items()}
-
-
 def write_sample_grid(experiment: Experiment, generate, params, step: int, workdir: str,
                       writer) -> str | None:
     config = experiment.config
@@ -161,9 +156,11 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                         "--config.training.num_train_steps to continue.", step,
                         t_cfg.num_train_steps)
 
-    loader = data_lib.TrainLoader(
+    # Global batches prefetched onto the devices; its state counts only the batches handed out.
+    loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count()),
+        batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
     writer = create_writer(workdir, config, is_chief=is_chief)
@@ -180,7 +177,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                                 t_cfg.num_sample_images)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
     context.enter_context(experiment.activate())
-    first_batch = global_batch(next(loader), batch_spec)
+    first_batch = next(loader)
     compile_start = time.perf_counter()
     compiled_step = train_step.lower(state, first_batch).compile()
     compile_seconds = time.perf_counter() - compile_start
@@ -213,7 +210,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     try:
         while step < t_cfg.num_train_steps:
             if batch is None:
-                batch = global_batch(next(loader), batch_spec)
+                batch = next(loader)
             state, metrics = compiled_step(state, batch)
             batch = None
             step += 1
