@@ -14,7 +14,15 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               integer step, ancestral sampling on 100 respaced steps
     cond      class-conditional with classifier-free guidance; the grid has one row per digit
     dit       a tiny DiT (patch 2) instead of the U-Net
-`edm`, `flow`, `ddpm` and `sde=` are exclusive; each combines with `cond`, `dit` and `test`.
+    latent    latent diffusion: a small KL autoencoder (8x8x1 -> 4x4x4) trained on digits, then
+              the diffusion model on its latents; samples and FID are decoded to pixels
+`edm`, `flow`, `ddpm` and `sde=` are exclusive; each combines with `cond`, `dit`, `latent` and
+`test`. The latent path is four commands in one workdir (tests/test_latent_cli.py runs them):
+    W=workdirs/digits_latent
+    python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=train_autoencoder
+    python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=encode_latents
+    python -m diffjax.main --config=configs/digits.py:latent --workdir=$W
+    python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=eval
 Expected result (VP): per-pixel loss about 0.1 after 2,000 steps; the EMA sample grid shows
 legible digits 0-9, and `--mode=eval` reports the FID of 500 samples (README has the measured
 numbers). The edm, flow and ddpm variants train the same network for the same 2,000 steps; their
@@ -32,10 +40,12 @@ def get_config(arg: str | None = None):
                    for part in (arg or "").split(",") if part)
     sde = options.pop("sde", None)
     objectives = [name for name in OBJECTIVES if options.pop(name, None)]
-    conditional, dit, tiny = (bool(options.pop(k, None)) for k in ("cond", "dit", "test"))
+    conditional, dit, tiny, latent = (bool(options.pop(k, None))
+                                       for k in ("cond", "dit", "test", "latent"))
     if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1:
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
-                         f"test, cond, dit and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm.")
+                         f"test, cond, dit, latent and one of sde=vp|subvp|ve|cosine, edm, flow, "
+                         f"ddpm.")
     objective = objectives[0] if objectives else (sde or "vp")
     config = base_config()
 
@@ -44,6 +54,8 @@ def get_config(arg: str | None = None):
     config.data.num_channels = 1
     config.data.num_classes = 10
     config.data.centered = objective != "ve"  # VE models data in [0, 1]
+    if latent:  # inside the workdir: WORKDIR/latents, written by --mode=encode_latents
+        config.data.latent_dir = "latents"
 
     config.model.name = "dit" if dit else "unet"
     config.model.conditional = conditional
@@ -62,6 +74,17 @@ def get_config(arg: str | None = None):
         config.model.scale_input = True
     # What each objective's network predicts (diffjax/score.py).
     config.model.parameterization = {"edm": "edm", "flow": "velocity"}.get(objective, "eps")
+
+    # The first stage of `latent`: WORKDIR/autoencoder (autoencoder.pretrained = ""), downsampling
+    # 2 (4x4x4 latents of 8x8 digits), 167k parameters; its latent_space.json sets the scale.
+    config.autoencoder.block_out_channels = (8, 16) if tiny else (16, 32)
+    config.autoencoder.layers_per_block = 1
+    config.autoencoder.latent_channels = 4
+    config.autoencoder.norm_num_groups = 4 if tiny else 8
+    config.autoencoder.batch_size = 256
+    config.autoencoder.train_steps = 6 if tiny else 1000
+    config.autoencoder.train_batch_size = 16 if tiny else 128
+    config.autoencoder.lr = 1e-3
 
     config.sde.name = objective
     # VE: the largest pairwise distance between digits in [0, 1] is about 7 (REFERENCE rule of

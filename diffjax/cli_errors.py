@@ -32,6 +32,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _fields_named(node, name: str) -> list[list[str]]:
+    """Paths below `node` whose last field is `name` (num_train_steps -> training.num_train_steps)."""
+    found = []
+    for key in node.keys():
+        child = node[key]
+        if hasattr(child, "keys"):
+            found += [[key, *rest] for rest in _fields_named(child, name)]
+            if name in child.keys():
+                found.append([key, name])
+    return found
+
+
 def unknown_config_key(argv: list[str]) -> str | None:
     """The first --config.a.b override that no config has, with a suggestion.
 
@@ -48,7 +60,10 @@ def unknown_config_key(argv: list[str]) -> str | None:
             keys = list(node.keys()) if hasattr(node, "keys") else []
             if part not in keys:
                 close = difflib.get_close_matches(part, keys, n=1)
-                hint = f"; did you mean config.{'.'.join(walked + close)}?" if close else ""
+                elsewhere = _fields_named(node, part) if not close else []
+                suggestion = ".".join(walked + close) if close else (
+                    ".".join(walked + elsewhere[0]) if len(elsewhere) == 1 else "")
+                hint = f"; did you mean config.{suggestion}?" if suggestion else ""
                 where = f"config.{'.'.join(walked)}" if walked else "the config"
                 return f"unknown config key config.{path}: {where} has no field {part!r}{hint}"
             node, walked = node[part], walked + [part]

@@ -100,6 +100,11 @@ def base_config() -> ml_collections.ConfigDict:
     autoencoder.kl_weight = 1e-6  # LDM kl-f8
     autoencoder.reconstruction_loss = "l1"  # "l1" (LDM) or "l2", summed over pixels
     autoencoder.sample_posterior = True  # decode a posterior sample (True) or the mean in training
+    # --mode=train_autoencoder (into WORKDIR/autoencoder): these replace training.num_train_steps,
+    # training.batch_size and optim.lr; the other training and optim keys are shared.
+    autoencoder.train_steps = 50_000
+    autoencoder.train_batch_size = 64
+    autoencoder.lr = 4.5e-6 * 64  # LDM: base lr 4.5e-6 scaled by the batch size
 
     config.sde = sde = ml_collections.ConfigDict()
     # The diffusion process (diffjax/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
@@ -208,6 +213,9 @@ def base_config() -> ml_collections.ConfigDict:
     evaluation.checkpoints = "all"  # "all" without report, "latest", "watch", or "1000,2000"
     evaluation.reference_split = "train"  # also "train[:N]": the first N images
     evaluation.stats_dir = ""  # "" = ~/.cache/diffjax/fid_stats
+    # An .npz with the reference "mu" and "sigma" instead of computing them (e.g. ADM's
+    # VIRTUAL_imagenet256_labeled.npz, against which DiT and SiT report FID); no KID then.
+    evaluation.reference_stats = ""
     evaluation.inception_batch_size = 200
     evaluation.compute_kid = True
     evaluation.compute_is = True

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from diffjax import filesystem as fs
+
 
 class ConfigError(ValueError):
     """An invalid config value; the message names the key and the fix."""
@@ -199,16 +201,48 @@ def check_batch_divisibility(config, mesh) -> None:
 
 
 def trace_train_step(config, experiment) -> None:
+    from diffjax.first_stage import is_latent, model_input_shape
+    from diffjax.training.objectives import objective_for
     from diffjax.training.step import make_train_step
 
     d = config.data
-    per_pass = config.training.batch_size
-    batch = {"image": jax.ShapeDtypeStruct((per_pass, d.image_size, d.image_size,
-                                            d.num_channels), jnp.uint8),
-             "label": jax.ShapeDtypeStruct((per_pass,), jnp.int32)}
-    step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer)
+    b = config.training.batch_size
+    batch = {"label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    if is_latent(config) and experiment.task == "diffusion":
+        latent = jax.ShapeDtypeStruct((b, *model_input_shape(config)), jnp.dtype(d.latent_dtype))
+        batch.update(mean=latent, std=latent)
+    else:
+        batch["image"] = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.num_channels),
+                                              jnp.uint8)
+    step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
+                           objective_for(experiment))
     with experiment.activate():
         jax.eval_shape(step, experiment.spec.abstract, batch)
+
+
+def check_latent_mode(config, mode: str) -> None:
+    """The first stage exists and, for training, the latent dataset fits the config."""
+    from diffjax import first_stage
+
+    if mode == "likelihood":
+        fail("data.latent_dir", config.data.latent_dir, "is set, and bits/dim of latents are "
+             "not bits/dim of images", "use --mode=likelihood on a pixel-space model")
+    if mode == "sample" and config.sampling.inpaint:
+        fail("sampling.inpaint", config.sampling.inpaint, "masks pixels, but this model "
+             "samples latents", "inpaint with a pixel-space model")
+    path = config.autoencoder.pretrained
+    if not first_stage.is_diffjax_run(path) and not fs.exists(path):
+        hint = ("train it first: --mode=train_autoencoder with the same --workdir"
+                if path.rstrip("/").endswith(first_stage.AUTOENCODER_SUBDIR) else
+                "point --config.autoencoder.pretrained at a diffusers AutoencoderKL folder "
+                "(e.g. huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir DIR)")
+        fail("autoencoder.pretrained", path, "holds no first stage", hint)
+    shape = first_stage.model_input_shape(config)  # image size divisible by the VAE's factor
+    if mode == "train":
+        from diffjax.latents import check_latent_metadata, read_metadata
+
+        check_latent_metadata(read_metadata(config.data.latent_dir), config,
+                              model_input_shape=shape)
 
 
 def trace_sampler(config, experiment, batch_size: int) -> None:
@@ -239,8 +273,28 @@ def validate(config, mode: str):
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
              "set it to the number of classes")
-    check_data(config, mode)
-    if mode == "fid_stats":
+    if mode == "train_autoencoder":
+        from diffjax.first_stage import autoencoder_training_config
+
+        ae_config = autoencoder_training_config(config)
+        check_data(ae_config, "train")
+        experiment = build_experiment(ae_config, task="autoencoder")
+        check_batch_divisibility(ae_config, experiment.mesh)
+        trace_train_step(ae_config, experiment)
+        return experiment
+    from diffjax.first_stage import is_latent
+
+    # A latent run trains without the image dataset (the latents name it); evaluation needs it
+    # only to compute reference statistics that eval.reference_stats does not provide.
+    needs_images = not (is_latent(config) and mode in ("train", "sample")) and \
+        not (mode == "eval" and config.eval.reference_stats)
+    if needs_images:
+        check_data(config, "train" if mode == "encode_latents" else mode)
+    if is_latent(config) or mode == "encode_latents":
+        if not config.data.latent_dir:
+            fail("data.latent_dir", "", "is empty", "set it to where the latents go")
+        check_latent_mode(config, mode)
+    if mode in ("fid_stats", "encode_latents"):
         return None
     experiment = build_experiment(config)
     if mode in MODES_TRAINING:

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from diffjax import filesystem as fs
 from diffjax.checkpointing import Checkpointer
+from diffjax.first_stage import model_input_shape
 from diffjax.guidance import CONDITIONAL, classifier_free_guidance
 from diffjax.models import build_model
 from diffjax.optimizer import make_optimizer
@@ -41,12 +42,13 @@ class Experiment:
     mesh: Mesh
     rules: tuple
     model: nn.Module
-    sde: LinearSDE
+    sde: LinearSDE | None  # None for the first stage
     optimizer: Any
     spec: ShardedStateSpec
+    task: str = "diffusion"
 
     def example_input(self) -> tuple:
-        return example_input(self.config)
+        return example_input(self.config, self.task)
 
     @contextlib.contextmanager
     def activate(self):
@@ -55,22 +57,37 @@ class Experiment:
             yield
 
 
-def example_input(config) -> tuple:
-    """(x, noise_cond, labels) of batch 1, the shapes a network is initialised with."""
-    d = config.data
-    x = jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32)
+# What a run trains: the diffusion model (on pixels or latents), or the first stage of latent
+# diffusion (`--mode=train_autoencoder`).
+TASKS = ("diffusion", "autoencoder")
+
+
+def example_input(config, task: str = "diffusion") -> tuple:
+    """The batch-1 inputs a network is initialised with: (x, noise_cond, labels) for the
+    diffusion network (x are latents in latent mode), (images,) for the first stage."""
+    if task == "autoencoder":
+        d = config.data
+        return (jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32),)
+    x = jnp.zeros((1, *model_input_shape(config)), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if config.model.conditional else None
     return x, jnp.zeros((1,), jnp.float32), labels
 
 
-def build_experiment(config, devices=None) -> Experiment:
+def build_experiment(config, devices=None, task: str = "diffusion") -> Experiment:
     """`devices` defaults to all devices; tests pass a subset to compare meshes in one process."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}.")
     mesh = create_mesh(config.mesh, devices)
     rules = rules_from_config(config.mesh)
-    model = build_model(config)
+    if task == "autoencoder":
+        from diffjax.latents import build_autoencoder
+
+        model, sde = build_autoencoder(config), None
+    else:
+        model, sde = build_model(config), get_sde(config.sde)
     optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
-    spec = state_spec(model, optimizer, example_input(config), mesh, rules)
-    return Experiment(config, mesh, rules, model, get_sde(config.sde), optimizer, spec)
+    spec = state_spec(model, optimizer, example_input(config, task), mesh, rules)
+    return Experiment(config, mesh, rules, model, sde, optimizer, spec, task)
 
 
 def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | None = None):
@@ -95,7 +112,7 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
     learned_variance = bool(m.name == "dit" and m.dit.learn_sigma)
     if guidance_scale != CONDITIONAL and labels is not None:
         channels = int(config.sampling.get("guidance_channels", 0) or 0) or \
-            (config.data.num_channels if learned_variance else None)
+            (model_input_shape(config)[-1] if learned_variance else None)
         net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes,
                                        guided_channels=channels)
     scaled = m.scale_input or get_parameterization(m.parameterization).always_scale_input

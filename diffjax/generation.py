@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from diffjax import data as data_lib
 from diffjax import sampling
 from diffjax.experiment import score_fn_for
+from diffjax.first_stage import is_latent, model_input_shape
 from diffjax.guidance import grid_labels
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
@@ -26,16 +27,26 @@ from diffjax.sde import LinearSDE
 
 
 def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
-    d = config.data
-    return (batch_size, d.image_size, d.image_size, d.num_channels)
+    """The shape the sampler draws: images, or latents in latent mode."""
+    return (batch_size, *model_input_shape(config))
+
+
+def pixel_range(config) -> tuple[bool, bool]:
+    """(centered, dequantize) of generated images for `from_model_range`: the data's, or the
+    first stage's decoded [-1, 1] images (no dequantisation cells) in latent mode."""
+    if is_latent(config):
+        return True, False
+    return bool(config.data.centered), bool(config.data.dequantize)
 
 
 def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
-                     sampling_config=None) -> Callable:
+                     sampling_config=None, decoder=None) -> Callable:
     """`generate(params, rng, labels)`; labels is an int32 [batch_size] array or None.
 
     Any batch size works: the batch is padded to a multiple of the data-parallel devices (the
-    padding is sampled and dropped), so a 10-image grid runs on 8 devices.
+    padding is sampled and dropped), so a 10-image grid runs on 8 devices. With a `decoder` (the
+    first stage's `VAE`, latent mode) the latents are decoded to pixels in the same compiled
+    program, so a sample never leaves the devices between the sampler and the decoder.
     """
     sampling_config = sampling_config or config.sampling
     parallel = batch_axis_size(mesh)
@@ -43,21 +54,25 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     shape = image_shape(config, padded)
     guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
 
-    def generate(params, rng, labels):
+    def generate(params, decoder_params, rng, labels):
         score_fn = score_fn_for(config, model, sde, params, labels=labels,
                                 guidance_scale=guidance)
         result = sampling.sample(sampling_config, rng, score_fn, sde, shape)
         samples = jax.lax.with_sharding_constraint(result.samples, batch_sharding(mesh))
+        if decoder is not None:
+            samples = decoder.decode_in_graph(decoder_params, samples)
+            samples = jax.lax.with_sharding_constraint(samples, batch_sharding(mesh))
         return samples, result.nfe
 
     jitted = jax.jit(generate, out_shardings=(batch_sharding(mesh), replicated(mesh)))
+    decoder_params = decoder.params if decoder is not None else None
 
     def generate_any_size(params, rng, labels):
         if labels is not None and padded != batch_size:
             labels = jnp.pad(jnp.asarray(labels), (0, padded - batch_size))
         if labels is not None:
             labels = jax.device_put(labels, batch_sharding(mesh))
-        samples, nfe = jitted(params, rng, labels)
+        samples, nfe = jitted(params, decoder_params, rng, labels)
         return (samples if padded == batch_size else samples[:batch_size]), nfe
 
     return generate_any_size
@@ -124,8 +139,8 @@ def draw_batch(config, generate, params, rng: jax.Array, batch_size: int,
     samples, nfe = generate(params, sample_rng, labels, *extra_inputs)
     # Each process holds only its devices' rows; tiled gathering rebuilds the global batch.
     samples = multihost_utils.process_allgather(samples, tiled=True)
-    pixels = data_lib.from_model_range(samples, centered=config.data.centered,
-                                       dequantize=config.data.dequantize)
+    centered, dequantize = pixel_range(config)
+    pixels = data_lib.from_model_range(samples, centered=centered, dequantize=dequantize)
     labels = None if labels is None else np.asarray(labels, np.int32)
     return pixels, labels, int(jax.device_get(nfe))
 

@@ -3,8 +3,6 @@
 import glob
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,9 +17,16 @@ def read_params(workdir, step):
     """The parameters of checkpoint `step`, as a flat dict of numpy arrays."""
     import orbax.checkpoint as ocp
 
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    tree = ocp.PyTreeCheckpointer().restore(path)
     import jax
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    # As numpy: a checkpoint written on 8 devices reads in a 1-device test process.
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            getattr(metadata, "tree", metadata))
+    tree = checkpointer.restore(path, restore_args=as_numpy)
 
     return {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(tree["params"])}

@@ -235,9 +235,16 @@ def reference_statistics(config, inception_params: dict | None = None
     Every process must call this (the computation is shared); process 0 gets the statistics,
     the others None.
     """
+    is_chief = jax.process_index() == 0
+    if config.eval.get("reference_stats"):
+        path = config.eval.reference_stats
+        if not fs.exists(path):
+            raise FileNotFoundError(f"eval.reference_stats={path!r} does not exist; point it at "
+                                    f"an .npz with mu and sigma, or set it to '' to compute the "
+                                    f"statistics of eval.reference_split.")
+        return load_reference(path) if is_chief else None
     params = inception_params if inception_params is not None else load_inception_params()
     path = stats_path(config, inception_fingerprint(params))
-    is_chief = jax.process_index() == 0
     if _agree(int(fs.is_file(path)) if is_chief else 0):
         logging.info("Reusing FID reference statistics %s.", path)
         return load_reference(path) if is_chief else None

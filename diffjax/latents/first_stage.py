@@ -2,7 +2,8 @@
 
 Either a pretrained diffusers AutoencoderKL (`autoencoder.pretrained` = its folder; the
 architecture keys are then ignored, config.json rules) or the architecture in the config, trained
-by diffjax (its parameters come from a checkpoint). Both end as a `VAE` with the configured scale
+by diffjax (its parameters come from a checkpoint; `autoencoder.pretrained` may name that run's
+workdir, whose latent_space.json then gives the default scale). Both end as a `VAE` with the configured scale
 and shift, and both answer the question the rest of diffjax asks: what shape are the latents of
 `data.image_size` images.
 """
@@ -13,10 +14,17 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from diffjax import filesystem
 from diffjax.latents import diffusers_weights
 from diffjax.latents.autoencoder import AutoencoderKL
 from diffjax.latents.vae import VAE, compute_dtype, load_vae
 from diffjax.parallel.sharding import DEFAULT_RULES
+
+
+def _diffusers_folder(config) -> str:
+    """autoencoder.pretrained when it names a diffusers folder ("" for a diffjax run)."""
+    path = config.autoencoder.pretrained
+    return "" if not path or filesystem.is_dir(filesystem.join(path, "checkpoints")) else path
 
 
 def build_autoencoder(config) -> AutoencoderKL:
@@ -24,7 +32,7 @@ def build_autoencoder(config) -> AutoencoderKL:
     configured architecture with data.num_channels image channels."""
     a = config.autoencoder
     dtype = compute_dtype(a.dtype)
-    if a.pretrained:
+    if _diffusers_folder(config):
         source = f"{a.pretrained} config.json"
         return AutoencoderKL.from_diffusers_config(diffusers_weights.read_config(a.pretrained),
                                                    dtype, source=source)
@@ -37,10 +45,13 @@ def build_autoencoder(config) -> AutoencoderKL:
 
 
 def latent_scale_shift(config) -> tuple[float, float]:
-    """(scale, shift): the config's, else config.json's (pretrained) or (1, 0) (trained)."""
+    """(scale, shift): the config's, else config.json's (pretrained), else what a diffjax run
+    published (its latent_space.json), else (1, 0)."""
     a = config.autoencoder
-    default = (diffusers_weights.latent_space(diffusers_weights.read_config(a.pretrained))
-               if a.pretrained else (1.0, 0.0))
+    if _diffusers_folder(config):
+        default = diffusers_weights.latent_space(diffusers_weights.read_config(a.pretrained))
+    else:
+        default = _published(a.pretrained) or (1.0, 0.0)
     return (default[0] if a.scale is None else float(a.scale),
             default[1] if a.shift is None else float(a.shift))
 
@@ -53,7 +64,7 @@ def latent_shape(config) -> tuple[int, int, int]:
         raise ValueError(f"data.image_size={size} is not divisible by the autoencoder's "
                          f"downsampling factor {f}; set --config.data.image_size to a multiple "
                          f"of {f}.")
-    if config.autoencoder.pretrained and module.in_channels != config.data.num_channels:
+    if _diffusers_folder(config) and module.in_channels != config.data.num_channels:
         raise ValueError(f"The VAE in {config.autoencoder.pretrained} takes {module.in_channels}"
                          f"-channel images; set --config.data.num_channels="
                          f"{module.in_channels}.")
@@ -66,7 +77,7 @@ def vae_from_config(config, *, params: Any = None, mesh: Mesh | None = None,
     configured architecture with `params` (e.g. the EMA parameters of a first-stage run)."""
     a = config.autoencoder
     scale, shift = latent_scale_shift(config)
-    if a.pretrained:
+    if _diffusers_folder(config):
         return load_vae(a.pretrained, mesh, scale=scale, shift=shift, dtype=a.dtype, rules=rules,
                         batch_size=a.batch_size)
     if params is None:
@@ -75,3 +86,11 @@ def vae_from_config(config, *, params: Any = None, mesh: Mesh | None = None,
                          "--config.autoencoder.pretrained to a diffusers AutoencoderKL folder.")
     return VAE(build_autoencoder(config), params, scale=scale, shift=shift, mesh=mesh,
                rules=rules, batch_size=a.batch_size, name="diffjax first stage")
+
+
+def _published(run: str) -> tuple[float, float] | None:
+    if not run:
+        return None
+    from diffjax.first_stage import published_latent_space
+
+    return published_latent_space(run)

@@ -92,15 +92,19 @@ class VAE:
             mean, logvar = module.apply({"params": params}, images, method=module.encode)
             return mean, posterior.std_from_logvar(logvar)
 
-        def decode(params, latents):
-            z = posterior.from_model_space(latents.astype(jnp.float32), scale=self._scale,
-                                           shift=self._shift)
-            return module.apply({"params": params}, z, method=module.decode)
+        decode = self.decode_in_graph
 
         self._encode = jax.jit(encode, in_shardings=(self.param_shardings, batch),
                                out_shardings=(batch, batch))
         self._decode = jax.jit(decode, in_shardings=(self.param_shardings, batch),
                                out_shardings=batch)
+
+    def decode_in_graph(self, params: Any, latents: jax.Array) -> jax.Array:
+        """Pure decode of model-space latents, to call inside a caller's jitted program (the
+        sampler's, so that samples are decoded where they are drawn)."""
+        z = posterior.from_model_space(latents.astype(jnp.float32), scale=self._scale,
+                                       shift=self._shift)
+        return self.module.apply({"params": params}, z, method=self.module.decode)
 
     def _example_images(self) -> jax.ShapeDtypeStruct:
         f = self.module.downsampling_factor

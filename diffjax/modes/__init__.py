@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import jax
 
-from diffjax import config_validation, logs, preemption, runtime, workdir_lock
+from diffjax import config_validation, first_stage, logs, preemption, runtime, workdir_lock
 from diffjax import filesystem as fs
 from diffjax import workdir as workdir_lib
 from diffjax.parallel import distributed, peers
@@ -20,6 +20,18 @@ def _train(config, workdir: str) -> dict[str, Any]:
     from diffjax.training.loop import train
 
     return train(config, workdir)
+
+
+def _train_autoencoder(config, workdir: str) -> dict[str, Any]:
+    from diffjax.modes.first_stage import train_autoencoder
+
+    return train_autoencoder(config, workdir)
+
+
+def _encode_latents(config, workdir: str) -> dict[str, Any]:
+    from diffjax.modes.encode_latents import encode_latents
+
+    return encode_latents(config, workdir)
 
 
 def _fid_stats(config, workdir: str) -> dict[str, Any]:
@@ -48,6 +60,8 @@ def _likelihood(config, workdir: str) -> dict[str, Any]:
 
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
+    "train_autoencoder": _train_autoencoder,
+    "encode_latents": _encode_latents,
     "fid_stats": _fid_stats,
     "eval": _eval,
     "sample": _sample,
@@ -60,7 +74,7 @@ def _local_checkpoints(workdir: str) -> str | None:
 
 
 # Modes that write checkpoints; the others only read a workdir and run beside training.
-WRITING_MODES = ("train",)
+WRITING_MODES = ("train", "train_autoencoder")
 
 
 def run(config, workdir: str, mode: str = "train") -> Any:
@@ -82,6 +96,8 @@ def run(config, workdir: str, mode: str = "train") -> Any:
             workdir_lib.check_writable(fs.absolute(workdir))
         workdir_lock.lock_for_job(workdir)
     peers.start_watchdog(_local_checkpoints(workdir))
+    # Relative latent paths (data.latent_dir, autoencoder.pretrained) are inside the workdir.
+    config = first_stage.resolve_paths(config, workdir)
     try:
         config_validation.validate(config, mode)
         result = MODES[mode](config, workdir)

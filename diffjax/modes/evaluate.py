@@ -42,6 +42,7 @@ from diffjax.evaluation.sample_quality import FID_METHOD, sample_metrics
 from diffjax.evaluation.settings import EvalSetting, settings_from_config
 from diffjax.evaluation.stats import reference_statistics
 from diffjax.experiment import build_experiment
+from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
 from diffjax.generation import draw_batch, make_generate_fn
 from diffjax.metric_writers import create_writer
 from diffjax.parallel.distributed import broadcast_from_chief
@@ -144,6 +145,9 @@ class Evaluator:
 
     def __post_init__(self):
         self.experiment = build_experiment(self.config)
+        # Latent mode: samples are decoded to pixels inside the sampler's compiled program.
+        self.decoder = load_first_stage(self.config, mesh=self.experiment.mesh) \
+            if is_latent(self.config) else None
         self.inception_params = load_inception_params()
         self.reference = reference_statistics(self.config, self.inception_params)
         # Statistics live on process 0; their file name (which carries the Inception
@@ -166,7 +170,7 @@ class Evaluator:
             c = setting.config
             self._generators[key] = make_generate_fn(
                 c, self.experiment.model, self.experiment.sde, self.experiment.mesh,
-                int(c.eval.batch_size), c.sampling)
+                int(c.eval.batch_size), c.sampling, decoder=self.decoder)
         return self._generators[key]
 
     def restore(self, step: int, use_ema: bool):
@@ -289,6 +293,7 @@ def evaluate(config, workdir: str, *, out_dir: str | None = None,
     chunks, leaving it unfinished) exist for tests of the resumption.
     """
     workdir = fs.absolute(workdir)
+    config = resolve_paths(config, workdir)
     store = ReportStore(fs.absolute(out_dir) if out_dir else fs.join(workdir, "eval"))
     settings = settings_from_config(config)
     selection = str(config.eval.checkpoints).strip().lower()

@@ -33,6 +33,7 @@ from diffjax import images, sampling
 from diffjax.checkpointing import Checkpointer
 from diffjax.console import progress_bar
 from diffjax.experiment import build_experiment, restore_params
+from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
 from diffjax.generation import draw_batch, make_generate_fn, make_inpaint_fn, requested_labels
 from diffjax.masks import load_mask
 
@@ -99,6 +100,7 @@ def _write_outputs(config, out_dir: str, name: str, pixels: np.ndarray,
 def sample(config, workdir: str) -> dict[str, Any]:
     """Writes sampling.num_samples images of one checkpoint; returns a summary with the paths."""
     workdir = fs.absolute(workdir)
+    config = resolve_paths(config, workdir)
     s_cfg = config.sampling
     num_samples = int(s_cfg.num_samples)
     batch_size = min(int(s_cfg.batch_size), num_samples)
@@ -128,11 +130,18 @@ def sample(config, workdir: str) -> dict[str, Any]:
             raise ValueError(f"sampling.checkpoint_step={step} does not exist in "
                              f"{checkpointer.directory} (it has {available}); pick one of "
                              f"those or -1 for the newest.")
+        # Latent mode decodes to pixels inside the sampler's program. The first stage is loaded
+        # before the diffusion model's mesh context: it builds an experiment of its own.
+        decoder = load_first_stage(config, mesh=experiment.mesh) \
+            if is_latent(config) and mask is None else None
         with experiment.activate():
             params = restore_params(experiment, checkpointer, step, s_cfg.use_ema)
-            maker = make_inpaint_fn if mask is not None else make_generate_fn
-            generate = maker(config, experiment.model, experiment.sde, experiment.mesh,
-                             batch_size)
+            if mask is not None:
+                generate = make_inpaint_fn(config, experiment.model, experiment.sde,
+                                           experiment.mesh, batch_size)
+            else:
+                generate = make_generate_fn(config, experiment.model, experiment.sde,
+                                            experiment.mesh, batch_size, decoder=decoder)
             base = jax.random.fold_in(jax.random.key(config.seed), SAMPLE_SALT)
             parts, label_parts, nfes = [], [], []
             num_batches = math.ceil(num_samples / batch_size)

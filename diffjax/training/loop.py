@@ -14,20 +14,17 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
 from diffjax import filesystem as fs
-from diffjax import images
 from diffjax import workdir as workdir_lib
-from diffjax.experiment import Experiment, build_experiment, example_input
 from diffjax.checkpointing import Checkpointer
-from diffjax.generation import make_generate_fn
-from diffjax.guidance import grid_labels
+from diffjax.experiment import Experiment, build_experiment
+from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
+from diffjax.latents import LatentSource
 from diffjax.metric_writers import create_writer
 from diffjax.optimizer import learning_rate_schedule
 from diffjax.parallel import peers
@@ -35,6 +32,8 @@ from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.preemption import PreemptionWatcher
 from diffjax.train_state import TrainState, count_params, create_state, state_bytes
+from diffjax.training.grids import grid_for
+from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
 from diffjax.training.step import make_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
@@ -67,35 +66,19 @@ def raise_if_nonfinite(state: TrainState, last_saved: int | None) -> None:
         )
 
 
-def write_sample_grid(experiment: Experiment, generate, params, step: int, workdir: str,
-                      writer) -> str | None:
-    config = experiment.config
-    n = config.training.num_sample_images
-    rng = jax.random.fold_in(jax.random.key(config.seed), 0x5A3)
-    labels = grid_labels(n, config.data.num_classes) if config.model.conditional else None
-    samples, nfe = generate(params, rng, labels)
-    pixels = data_lib.from_model_range(
-        multihost_utils.process_allgather(samples, tiled=True),
-        centered=config.data.centered, dequantize=config.data.dequantize)
-    if jax.process_index() != 0:
-        return None
-    columns = n // config.data.num_classes if config.model.conditional else None
-    grid = images.make_grid(pixels, columns=columns)
-    path = images.save_png(fs.join(workdir, "samples", f"step_{step:08d}.png"), grid)
-    writer.write_images(step, {"samples": grid[None]})
-    writer.write_scalars(step, {"sample_nfe": float(nfe)})
-    return path
-
-
-def train(config, workdir: str, devices=None) -> dict[str, Any]:
+def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[str, Any]:
     """Trains (or resumes) and returns a summary: final step, loss, steps/s, paths, state.
 
+    `task` is "diffusion" (on pixels, or on latents when data.latent_dir is set) or
+    "autoencoder" (the first stage; `modes` passes `first_stage.autoencoder_training_config`).
     `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
     """
+    workdir = fs.absolute(workdir)
+    config = resolve_paths(config, workdir)
     preemption = PreemptionWatcher(config.training.preemption_check_every_steps)
     try:
         with contextlib.ExitStack() as context:
-            return _train(config, fs.absolute(workdir), devices, preemption, context)
+            return _train(config, workdir, devices, preemption, context, task)
     finally:
         preemption.restore()
 
@@ -118,15 +101,15 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
         state, data_state, step = restored
         logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
         return state, data_state, step
-    state = create_state(experiment.model, experiment.optimizer, example_input(config),
+    state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
                          config.seed, experiment.spec)
     return state, None, 0
 
 
 def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
-           context: contextlib.ExitStack) -> dict[str, Any]:
+           context: contextlib.ExitStack, task: str) -> dict[str, Any]:
     t_cfg = config.training
-    experiment = build_experiment(config, devices)
+    experiment = build_experiment(config, devices, task)
     mesh = experiment.mesh
     check_batch_size(config, mesh)
     is_chief = jax.process_index() == 0
@@ -146,7 +129,8 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     last_saved = step if data_state is not None else None
     if is_chief:
         workdir_lib.record_config(workdir, config)
-        logging.info("Model %s with %s parameters; mesh %s.", config.model.name,
+        name = "first stage (AutoencoderKL)" if task == "autoencoder" else config.model.name
+        logging.info("Model %s with %s parameters; mesh %s.", name,
                      f"{count_params(state.params):,}", dict(mesh.shape))
     if preemption.stop_before_first_step():
         return _stop_during_start_up(step, checkpointer, workdir, state)
@@ -159,7 +143,8 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     # Global batches prefetched onto the devices; its state counts only the batches handed out.
     loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count()),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        source=LatentSource(config.data.latent_dir) if is_latent(config) else None),
         batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
@@ -168,13 +153,14 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
 
     batch_spec = batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(config, experiment.model, experiment.sde, experiment.optimizer),
+        make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
+                        objective_for(experiment)),
         in_shardings=(experiment.spec.shardings, batch_spec),
         out_shardings=(experiment.spec.shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
-    generate = make_generate_fn(config, experiment.model, experiment.sde, mesh,
-                                t_cfg.num_sample_images)
+    decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
+    write_grid = grid_for(experiment, workdir, writer, decoder)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
     context.enter_context(experiment.activate())
     first_batch = next(loader)
@@ -230,8 +216,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
             if step % t_cfg.sample_every_steps == 0 or final:
-                sample_path = write_sample_grid(experiment, generate, state.ema_params, step,
-                                                workdir, writer) or sample_path
+                sample_path = write_grid(state.ema_params, step) or sample_path
             preempted = preemption.should_stop(step, checkpointer)
             if step % t_cfg.checkpoint_every_steps == 0 or final or preempted:
                 raise_if_nonfinite(state, last_saved)

@@ -1,4 +1,4 @@
-"""The pure train step `(state, batch) -> (state, metrics)` and the network closures it uses.
+"""The pure train step `(state, batch) -> (state, metrics)`, for any objective (`objectives.py`).
 
 Randomness of step s comes from fold_in(key(seed), s) only, so a run is a pure function of the
 config and the seed, whatever the mesh (threefry is partitionable: sharded draws equal unsharded).
@@ -15,19 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffjax import losses
-from diffjax.data.pixels import to_model_range
-from diffjax.experiment import score_fn_for
 from diffjax.sde import LinearSDE
 from diffjax.train_state import TrainState
-
-
-def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 batch -> (x0 in the model's data range, labels or None)."""
-    d = config.data
-    x0 = to_model_range(batch["image"], rng, centered=d.centered, dequantize=d.dequantize,
-                        random_flip=d.random_flip)
-    return x0, (batch["label"] if config.model.conditional else None)
+from diffjax.training.objectives import DiffusionObjective, Objective
 
 
 def ema_decay(training_config, step: jax.Array) -> jax.Array:
@@ -44,44 +34,45 @@ def ema_decay(training_config, step: jax.Array) -> jax.Array:
     return jnp.minimum(training_config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def make_train_step(config, model: nn.Module, sde: LinearSDE,
-                    optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
+                    optimizer: optax.GradientTransformation,
+                    objective: Objective | None = None) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)` for `objective` (default: diffusion)."""
     t = config.training
     base_key = jax.random.key(config.seed)
+    objective = objective or DiffusionObjective(config, model, sde)
 
-    def loss_fn(params, x0, labels, rng):
-        dropout_rng, loss_rng = jax.random.split(rng)
-        score_fn = score_fn_for(config, model, sde, params, labels=labels, train=True,
-                                dropout_rng=dropout_rng)
-        per_example = losses.diffusion_loss(loss_rng, score_fn, sde, x0,
-                                            **losses.loss_options(t))
-        return jnp.mean(per_example)
-
-    def gradients(params, x0, labels, rng):
-        """Mean loss and gradient over the global batch, in `microbatches` sequential passes."""
+    def gradients(params, inputs, rng):
+        """Mean loss, metrics and gradient over the global batch, in `microbatches` passes."""
         k = t.microbatches
+        value_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
         if k == 1:
-            return jax.value_and_grad(loss_fn)(params, x0, labels, rng)
+            (loss, metrics), grad = value_and_grad(params, inputs, rng)
+            return loss, metrics, grad
 
         # [B, ...] -> [k, B/k, ...] keeping each device's rows on that device (strided split).
         def split(a):
-            return None if a is None else jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+            return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
 
-        def accumulate(carry, inputs):
-            index, x_micro, labels_micro = inputs
-            loss, grad = jax.value_and_grad(loss_fn)(params, x_micro, labels_micro,
-                                                     jax.random.fold_in(rng, index))
-            return jax.tree.map(jnp.add, carry, (loss, grad)), None
+        def accumulate(carry, scanned):
+            index, micro = scanned
+            (loss, metrics), grad = value_and_grad(params, micro, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (loss, metrics, grad)), None
 
-        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-        (loss, grad), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), split(x0), split(labels)))
-        return jax.tree.map(lambda v: v / k, (loss, grad))
+        micro0 = jax.tree.map(lambda a: a[: a.shape[0] // k], inputs)
+        metrics_shape = jax.eval_shape(lambda: objective.loss(params, micro0, rng)[1])
+        zeros = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                             metrics_shape),
+                 jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(accumulate, zeros,
+                                (jnp.arange(k), jax.tree.map(split, inputs)))
+        return jax.tree.map(lambda v: v / k, total)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_key, state.step)
         data_rng, loss_rng = jax.random.split(rng)
-        x0, labels = model_input(config, batch, data_rng)
-        loss, grad = gradients(state.params, x0, labels, loss_rng)
+        inputs = objective.prepare(batch, data_rng)
+        loss, metrics, grad = gradients(state.params, inputs, loss_rng)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(t, state.step)
@@ -101,6 +92,6 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE,
                 (state.first_nonfinite_step < 0) & ~finite, state.step,
                 state.first_nonfinite_step),
         )
-        return new_state, {"loss": loss, "grad_norm": grad_norm}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics}
 
     return train_step

@@ -1,0 +1,98 @@
+"""What a training step minimises: the diffusion objective (pixels or latents) or the first stage.
+
+An objective turns a loader batch into the model's inputs (`prepare`, once per global batch, so
+that microbatching splits the same inputs) and scores parameters on them (`loss`, per microbatch;
+a scalar mean and a dict of scalar metrics). Everything random comes from the rng the step passes
+in, which derives from (seed, step): resume stays bit-exact.
+
+- `DiffusionObjective`: images become x0 in the process's data range (uniform dequantisation,
+  random flips); latent batches {"mean", "std"} become z = (mean + std * noise - shift) * scale
+  drawn in-graph (posterior samples, as LDM and DiT train); the loss is `losses.diffusion_loss`.
+- `AutoencoderObjective`: images in [-1, 1] (no dequantisation noise, as LDM), optional flips; the
+  loss is LDM's reconstruction + KL (`latents.autoencoder_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffjax import losses
+from diffjax.data.pixels import to_model_range
+from diffjax.experiment import Experiment, score_fn_for
+from diffjax.first_stage import is_latent
+
+Metrics = dict[str, jax.Array]
+
+
+class Objective(Protocol):
+    def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]: ...
+
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
+             ) -> tuple[jax.Array, Metrics]: ...
+
+
+def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """A loader batch -> (x0 in the model's data range, labels or None)."""
+    labels = batch["label"] if config.model.conditional else None
+    if is_latent(config):
+        from diffjax.latents import latent_scale_shift, sample_model_latents
+
+        scale, shift = latent_scale_shift(config)
+        return sample_model_latents(rng, batch["mean"], batch["std"], scale=scale,
+                                    shift=shift), labels
+    d = config.data
+    x0 = to_model_range(batch["image"], rng, centered=d.centered, dequantize=d.dequantize,
+                        random_flip=d.random_flip)
+    return x0, labels
+
+
+class DiffusionObjective:
+    def __init__(self, config, model: nn.Module, sde):
+        self.config, self.model, self.sde = config, model, sde
+        self.options = losses.loss_options(config.training)
+        if is_latent(config):
+            # Read once, on the host: the scale is a constant of the compiled step.
+            from diffjax.latents import latent_scale_shift
+
+            latent_scale_shift(config)
+
+    def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+        x0, labels = model_input(self.config, batch, rng)
+        return {"x0": x0} if labels is None else {"x0": x0, "labels": labels}
+
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
+             ) -> tuple[jax.Array, Metrics]:
+        dropout_rng, loss_rng = jax.random.split(rng)
+        score_fn = score_fn_for(self.config, self.model, self.sde, params,
+                                labels=inputs.get("labels"), train=True, dropout_rng=dropout_rng)
+        per_example = losses.diffusion_loss(loss_rng, score_fn, self.sde, inputs["x0"],
+                                            **self.options)
+        return jnp.mean(per_example), {}
+
+
+class AutoencoderObjective:
+    def __init__(self, config, module: nn.Module):
+        self.config, self.module = config, module
+
+    def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+        images = to_model_range(batch["image"], rng, centered=True, dequantize=False,
+                                random_flip=self.config.data.random_flip)
+        return {"images": images}
+
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
+             ) -> tuple[jax.Array, Metrics]:
+        from diffjax.latents import autoencoder_loss
+
+        per_example, metrics = autoencoder_loss(params, self.module, inputs["images"], rng,
+                                                self.config)
+        return jnp.mean(per_example), {k: jnp.mean(v) for k, v in metrics.items()}
+
+
+def objective_for(experiment: Experiment) -> Objective:
+    if experiment.task == "autoencoder":
+        return AutoencoderObjective(experiment.config, experiment.model)
+    return DiffusionObjective(experiment.config, experiment.model, experiment.sde)

@@ -1,0 +1,88 @@
+"""The latent path end to end through the CLI, on configs/digits.py:latent,test.
+
+train_autoencoder -> encode_latents -> train -> eval / sample in one workdir, the way the
+config's docstring documents it; and the same latents and training on 8 devices as on 1.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from test_cli import read_params
+
+CONFIG = "--config=configs/digits.py:latent,test"
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+TRAIN = ("--config.training.num_train_steps=4", "--config.training.checkpoint_every_steps=4",
+         "--config.training.sample_every_steps=4")
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """A workdir with a trained first stage and its latents (what every test below needs)."""
+    workdir = tmp_path_factory.mktemp("latent")
+    run_cli(CONFIG, f"--workdir={workdir}", "--mode=train_autoencoder")
+    run_cli(CONFIG, f"--workdir={workdir}", "--mode=encode_latents")
+    return workdir
+
+
+def read_latents(directory):
+    from diffjax.latents.reader import LatentSource
+
+    source = LatentSource(str(directory))
+    records = source.__getitems__(range(len(source)))
+    return {key: np.stack([r[key] for r in records]) for key in ("mean", "std", "label")}
+
+
+def test_first_stage_publishes_its_latent_scale(encoded):
+    record = json.loads((encoded / "autoencoder" / "latent_space.json").read_text())
+    # LDM's rule: the scale makes the training latents unit-variance.
+    assert record["scaling_factor"] == pytest.approx(1 / record["std"])
+    assert sorted(os.listdir(encoded / "autoencoder" / "checkpoints")) == ["3", "6"]
+
+
+def test_encoding_stores_both_views_and_a_rerun_writes_nothing(encoded):
+    metadata = json.loads((encoded / "latents" / "metadata.json").read_text())
+    assert metadata["num_records"] == 2 * metadata["num_examples"]
+    assert metadata["latent_shape"] == [4, 4, 4]
+    rerun = run_cli(CONFIG, f"--workdir={encoded}", "--mode=encode_latents")
+    assert "(0 shards written now" in rerun.stdout
+
+
+def test_eight_devices_encode_the_same_latents(encoded):
+    run_cli(CONFIG, f"--workdir={encoded}", "--mode=encode_latents",
+            "--config.data.latent_dir=latents8", env=EIGHT_DEVICES)
+    one, eight = read_latents(encoded / "latents"), read_latents(encoded / "latents8")
+    np.testing.assert_array_equal(eight["label"], one["label"])
+    np.testing.assert_allclose(eight["mean"], one["mean"], atol=1e-5)
+    np.testing.assert_allclose(eight["std"], one["std"], atol=1e-5)
+
+
+def test_train_eval_and_sample_decode_to_pixels(encoded):
+    run_cli(CONFIG, f"--workdir={encoded}", *TRAIN)
+    assert (encoded / "samples" / "step_00000004.png").exists()
+    eval_run = run_cli(CONFIG, f"--workdir={encoded}", "--mode=eval")
+    reports = [json.loads(line) for line in eval_run.stdout.splitlines() if line.startswith("{")]
+    assert reports and all(np.isfinite(r["fid"]) for r in reports)
+
+    run_cli(CONFIG, f"--workdir={encoded}", "--mode=sample", "--config.sampling.num_samples=8")
+    [npz] = (encoded / "samples").glob("step4_*.npz")
+    images = np.load(npz)["images"]
+    assert images.shape == (8, 8, 8, 1)  # pixels, not 4x4x4 latents
+
+    # The same training on 8 devices: the same step, up to reduction order.
+    eight = encoded / "eight"
+    run_cli(CONFIG, f"--workdir={eight}", *TRAIN, "--config.data.latent_dir=../latents",
+            "--config.autoencoder.pretrained=../autoencoder", env=EIGHT_DEVICES)
+    expected, actual = read_params(encoded, 4), read_params(eight, 4)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], atol=2e-5, err_msg=name)
+
+
+def test_training_without_latents_names_the_command(tmp_path):
+    result = run_cli(CONFIG, f"--workdir={tmp_path}", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--mode=train_autoencoder" in last or "--mode=encode_latents" in last, last
