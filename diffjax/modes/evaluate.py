@@ -4,7 +4,7 @@ Which checkpoints (`eval.checkpoints`): "all" = every checkpoint missing a repor
 setting; "latest"; "1000,2000"; or "watch" = follow WORKDIR/checkpoints and evaluate checkpoints
 as training writes them, until the final training step is done or `eval.watch_timeout_s` passes
 without a new one. Which settings: the config's sampling settings, or the cartesian product of
-`eval.sweep` (e.g. "sampling.guidance_scale=0,1.5;sampling.num_steps=10,20"). A report
+`eval.sweep` (e.g. "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20"). A report
 exists per (checkpoint, setting) (`evaluation/reports.py`); an existing one is printed, never
 recomputed (delete its file to redo it).
 
