@@ -190,6 +190,31 @@ def test_edm_augmentation_layer_is_carried():
     np.testing.assert_array_equal(params[("augment_embedding", "kernel")], weight.T)
 
 
+def test_sit_checkpoint_is_the_negated_first_half_of_dit(tmp_path):
+    """SiT's models.py is DiT's with forward() keeping the first C of 2C output channels; with
+    diffjax's flow process (network fed SiT's s = 1 - t) the converted velocity is minus that."""
+    from diffjax.convert import convert_params
+    from diffjax.convert.mapping import CheckpointMismatch
+    from diffjax.convert.target import _unflatten
+    from diffjax.experiment import network
+
+    config = make_config("dit_tiny")
+    config.model.dit.learn_sigma = False
+    config.sde.name = "flow"
+    config.model.parameterization = "velocity"
+    target, _, ema, _ = convert_params("sit", os.path.join(FIXTURES, "dit_tiny.pt"), config)
+    x, t, y = (REFERENCE[f"dit_tiny/{k}"] for k in ("x", "t", "y"))
+    out = np.asarray(network(target.experiment.model, _unflatten(ema), train=False)(
+        jnp.asarray(x), jnp.asarray(t), jnp.asarray(y)))
+    expected = -REFERENCE["dit_tiny/out"][..., :x.shape[-1]]
+    error = float(np.linalg.norm(out - expected) / np.linalg.norm(expected))
+    print(f"sit (dit_tiny): relative L2 error {error:.2e}")
+    assert error < TOLERANCE
+    config.model.dit.learn_sigma = True
+    with pytest.raises(CheckpointMismatch, match="learn_sigma=False"):
+        convert_params("sit", os.path.join(FIXTURES, "dit_tiny.pt"), config)
+
+
 def test_mismatch_is_one_line_and_writes_nothing(tmp_path):
     workdir = tmp_path / "out"
     result = run_convert(*cli_args("score_sde_ncsnpp_ve"), "--config.model.unet.nf=16",
