@@ -4,9 +4,10 @@
 Expected result: Ho et al. report FID 3.17 (their Table 1, TensorFlow code, 800k steps);
 score_sde's reproduction of the same model and sampler reports 3.24 (Song et al. 2021, Table 1:
 ancestral sampling, 1000 steps). This config follows score_sde's code, so 3.24 is the number to
-compare with; no diffjax run has measured it. A score_sde checkpoint of this model converts with
-`python -m diffjax.convert --source=score_sde --config=configs/cifar10_ddpm.py ...` (its
-parameter names match; docs/published_checkpoints.md).
+compare with; no diffjax run has measured it. A score_sde checkpoint of this model converts
+(its parameter names match; docs/published_checkpoints.md):
+    python -m diffjax.convert --source=score_sde --checkpoint=checkpoint_N.pth \
+        --config=configs/cifar10_ddpm.py --workdir=DIR
 Network: 35,218,947 parameters, equal to score_sde's models/ddpm.py at this config (measured
 with score_sde's code; tests/test_ncsnpp.py). Ho et al. state 35.7M for their CIFAR-10 model;
 that count is of their TensorFlow network, which was not available here to measure, and diffjax
