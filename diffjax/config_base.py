@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     unet.noise_conditional = True  # score_sde's model.conditional (noise-level conditioning)
     unet.scale_by_sigma = False  # output / exp(noise_cond) = output / sigma (VE only)
     unet.label_embedding = "embedding"  # class table added to the "embedding" or "noise_features"
+    # EDM's augmentation-label layer (map_augment; 9 in EDM's CIFAR-10 networks), fed zeros:
+    # diffjax has no augmentation pipeline; it holds the weights of converted EDM networks.
+    unet.augment_dim = 0
     model.dit = dit = ml_collections.ConfigDict()
     dit.size = ""  # "S", "B", "L", "XL" set depth/width/heads; "" uses the fields below
     dit.patch_size = 2

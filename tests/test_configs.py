@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -21,6 +22,30 @@ CONFIGS = {
     "cifar10_ncsnpp_ve.py": [None, "deep"],
     "cifar10_dit.py": ["S", "B,uncond"],
     "imagenet64_dit.py": ["S", "XL"],
+    "cifar10_edm.py": [None, "cond"],
+    "cifar10_ddpm.py": [None],
+    "imagenet256_dit.py": [None, "S", "B", "L", "XL"],
+    "imagenet256_sit.py": [None, "S", "B", "L", "XL"],
+}
+# Parameter counts of the published networks, as their reference code counts them (sum of
+# model.parameters(), measured with torch): NVlabs/edm's EDMPrecond(SongUNet) at train.py's
+# --arch=ddpmpp with augment_dim=9; score_sde's models/ddpm.py; facebookresearch/DiT's models.py
+# (learn_sigma=True; SiT: learn_sigma=False, see configs/imagenet256_sit.py). DiT's fixed sin-cos
+# table `pos_embed` is a parameter there and a constant in diffjax: (count, fixed table).
+PUBLISHED_PARAMS = {
+    ("cifar10_edm.py", None): (55_733_891, 0),
+    ("cifar10_edm.py", "cond"): (55_735_299, 0),
+    ("cifar10_ddpm.py", None): (35_218_947, 0),
+    ("imagenet256_dit.py", "S"): (32_963_360, 98_304),
+    ("imagenet256_dit.py", "B"): (130_512_416, 196_608),
+    ("imagenet256_dit.py", "L"): (458_102_816, 262_144),
+    ("imagenet256_dit.py", "XL"): (675_129_632, 294_912),
+    ("imagenet256_dit.py", None): (675_129_632, 294_912),
+    ("imagenet256_sit.py", "S"): (32_957_200, 98_304),
+    ("imagenet256_sit.py", "B"): (130_500_112, 196_608),
+    ("imagenet256_sit.py", "L"): (458_086_416, 262_144),
+    ("imagenet256_sit.py", "XL"): (675_111_184, 294_912),
+    ("imagenet256_sit.py", None): (675_111_184, 294_912),
 }
 
 
@@ -57,13 +82,47 @@ def test_config_schema_and_model(name, arg):
     first_use = {s: source.find(f"config.{s}.") for s in SECTION_ORDER if f"config.{s}." in source}
     assert sorted(first_use, key=first_use.get) == [s for s in SECTION_ORDER if s in first_use]
     model = build_model(config)
-    d = config.data
-    x = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.num_channels), jnp.float32)
+    x = jax.ShapeDtypeStruct((2, *network_input_shape(config)), jnp.float32)
     labels = jax.ShapeDtypeStruct((2,), jnp.int32) if config.model.conditional else None
     noise = jax.ShapeDtypeStruct((2,), jnp.float32)
     variables = jax.eval_shape(
         lambda x, c, y: model.init(jax.random.key(0), x, c, y, train=False), x, noise, labels)
     assert jax.tree.leaves(variables)
+    if (name, arg) in PUBLISHED_PARAMS:
+        count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
+        reference, fixed_table = PUBLISHED_PARAMS[(name, arg)]
+        print(f"{name}:{arg}: {count:,} parameters (+ {fixed_table:,} fixed)")
+        assert count + fixed_table == reference
+
+
+def network_input_shape(config):
+    """Images, or for a latent config the latents of its VAE (the SD-VAE architecture in the
+    config, so that no pretrained folder is needed: 256 px -> 32x32x4)."""
+    from diffjax.first_stage import model_input_shape
+
+    if config.data.latent_dir:
+        config = config.copy_and_resolve_references()
+        config.autoencoder.pretrained = ""
+    return model_input_shape(config)
+
+
+def test_latent_imagenet_configs_build_with_a_diffusers_vae():
+    """imagenet256_dit/sit as built for training, with the tiny diffusers VAE fixture in place of
+    the SD-VAE folder and a tiny network: the experiment, its process and sampler validate."""
+    from diffjax.config_validation import trace_sampler
+    from diffjax.experiment import build_experiment
+
+    for name in ("imagenet256_dit.py", "imagenet256_sit.py"):
+        config = load(name).get_config("S")
+        config.autoencoder.pretrained = os.path.join(REPO, "tests", "fixtures", "vae_sd")
+        config.data.image_size = 16  # the fixture's downsampling 2: 8x8x4 latents
+        config.model.dit.size = ""
+        config.model.dit.hidden_size, config.model.dit.depth, config.model.dit.num_heads = 32, 1, 2
+        config.sampling.num_steps = 3
+        config.mesh.fsdp, config.mesh.data = 1, -1
+        experiment = build_experiment(config)
+        assert experiment.sde.name == config.sde.name
+        trace_sampler(config, experiment, 2)
 
 
 def test_unknown_variant_is_rejected():

@@ -59,7 +59,8 @@ CASES = {
         lambda r: (r["x"], r["t"], r["y"])),
     "edm_ddpmpp_cond": (  # EDM's DDPM++ with class labels (edm-cifar10-32x32-cond-vp.pkl)
         "edm", "edm_ddpmpp_cond.pkl", VP,
-        {**TINY_UNET, "model.conditional": True, "model.unet.label_embedding": "noise_features"},
+        {**TINY_UNET, "model.conditional": True, "model.unet.label_embedding": "noise_features",
+         "model.unet.augment_dim": 9},
         lambda r: (r["x"], r["noise_cond"], r["labels"])),
     "edm_ncsnpp_uncond": (  # the raw F of VEPrecond: inputs in [-1, 1], no division by sigma
         "edm", "edm_ncsnpp_uncond.pkl", VE,
@@ -175,6 +176,45 @@ def test_other_switches_compute_the_reference_function(name):
     assert error < TOLERANCE
 
 
+def test_edm_augmentation_layer_is_carried():
+    """EDM's map_augment (random in the fixture) becomes augment_embedding: the outputs above
+    feed it no labels, as diffjax feeds it zeros, so its weights are compared directly."""
+    from diffjax.convert import convert_params, load
+    from diffjax.torch_files import module_state
+
+    path = os.path.join(FIXTURES, "edm_ddpmpp_cond.pkl")
+    _, params, ema, _ = convert_params("edm", path, make_config("edm_ddpmpp_cond"))
+    weight = np.asarray(dict(module_state(load("edm", path)))["model.map_augment.weight"])
+    assert weight.shape == (8, 9) and np.abs(weight).min() > 0
+    np.testing.assert_array_equal(ema[("augment_embedding", "kernel")], weight.T)
+    np.testing.assert_array_equal(params[("augment_embedding", "kernel")], weight.T)
+
+
+def test_sit_checkpoint_is_the_negated_first_half_of_dit(tmp_path):
+    """SiT's models.py is DiT's with forward() keeping the first C of 2C output channels; with
+    diffjax's flow process (network fed SiT's s = 1 - t) the converted velocity is minus that."""
+    from diffjax.convert import convert_params
+    from diffjax.convert.mapping import CheckpointMismatch
+    from diffjax.convert.target import _unflatten
+    from diffjax.experiment import network
+
+    config = make_config("dit_tiny")
+    config.model.dit.learn_sigma = False
+    config.sde.name = "flow"
+    config.model.parameterization = "velocity"
+    target, _, ema, _ = convert_params("sit", os.path.join(FIXTURES, "dit_tiny.pt"), config)
+    x, t, y = (REFERENCE[f"dit_tiny/{k}"] for k in ("x", "t", "y"))
+    out = np.asarray(network(target.experiment.model, _unflatten(ema), train=False)(
+        jnp.asarray(x), jnp.asarray(t), jnp.asarray(y)))
+    expected = -REFERENCE["dit_tiny/out"][..., :x.shape[-1]]
+    error = float(np.linalg.norm(out - expected) / np.linalg.norm(expected))
+    print(f"sit (dit_tiny): relative L2 error {error:.2e}")
+    assert error < TOLERANCE
+    config.model.dit.learn_sigma = True
+    with pytest.raises(CheckpointMismatch, match="learn_sigma=False"):
+        convert_params("sit", os.path.join(FIXTURES, "dit_tiny.pt"), config)
+
+
 def test_mismatch_is_one_line_and_writes_nothing(tmp_path):
     workdir = tmp_path / "out"
     result = run_convert(*cli_args("score_sde_ncsnpp_ve"), "--config.model.unet.nf=16",
@@ -199,6 +239,7 @@ def test_mismatch_is_one_line_and_writes_nothing(tmp_path):
      r"'final_layer.linear.weight'.*model.dit.learn_sigma"),
     ("dit_tiny", {"data.image_size": 16}, r"'pos_embed'.*data.image_size"),
     ("edm_ddpmpp_cond", {"model.unet.fir": True}, "model.unet.fir"),
+    ("edm_ddpmpp_cond", {"model.unet.augment_dim": 0}, "model.unet.augment_dim=9"),
     ("edm_ncsnpp_uncond", {"model.unet.progressive_input": "none"},
      "model.unet.progressive_input=residual"),
 ])

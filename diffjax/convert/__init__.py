@@ -8,7 +8,8 @@ restore unchanged and `--mode=train` fine-tunes. Sources (`SOURCES`):
 - `score_sde`: score_sde_pytorch `checkpoint_<n>.pth` (raw weights -> params, EMA -> ema_params,
   its step);
 - `dit`: facebookresearch/DiT `DiT-XL-2-256x256.pt` / `-512x512.pt` (EMA weights -> both, step 0);
-- `edm`: NVlabs/edm network pickles of SongUNet (DDPM++/NCSN++) networks (EMA -> both, step 0).
+- `edm`: NVlabs/edm network pickles of SongUNet (DDPM++/NCSN++) networks (EMA -> both, step 0);
+- `sit`: willisma/SiT `SiT-XL-2-256x256.pt` (DiT's format; flow-matching velocity, step 0).
 No torch at run time: files are read with `diffjax.torch_files`. The checkpoint must hold the
 network the config builds; otherwise the conversion stops before writing, naming the first
 parameter whose name or shape differs and the config keys that decide it.
@@ -39,6 +40,7 @@ SOURCES: dict[str, Source] = {
     "score_sde": Source(score_sde.read, score_sde.convert),
     "dit": Source(dit.read, dit.convert),
     "edm": Source(edm.read, edm.convert),
+    "sit": Source(dit.read, dit.convert_sit),
 }
 
 

@@ -42,7 +42,8 @@ def read(checkpoint) -> dict:
     if isinstance(data, dict) and "ema" in data and "model" in data:
         data = data["ema"]  # a DiT training checkpoint (train.py) rather than a release
     if not isinstance(data, dict) or "x_embedder.proj.weight" not in data:
-        raise ValueError("not a DiT state dict (no 'x_embedder.proj.weight'); check --source.")
+        raise ValueError("not a DiT or SiT state dict (no 'x_embedder.proj.weight'); check "
+                         "--source.")
     return data
 
 
@@ -108,3 +109,36 @@ def convert(target: Target, data: dict) -> tuple[dict, dict, int]:
                          extra_hint="model.dit.depth or model.dit.size (the config builds "
                                     "fewer blocks than the checkpoint holds)")
     return params, params, 0
+
+
+def convert_sit(target: Target, data: dict) -> tuple[dict, dict, int]:
+    """willisma/SiT checkpoints (SiT-XL-2-256x256.pt): DiT's file format and network, trained by
+    flow matching (Linear path, velocity prediction).
+
+    SiT's models.py builds DiT's learn_sigma=True final layer and its forward() drops the second
+    half of the output channels, so those rows are dropped here (config: learn_sigma=False).
+    SiT's time s = 1 - t runs from noise to data and its network predicts ds-velocity x0 - eps;
+    diffjax's flow process feeds the network s and reads the output as eps - x0, so the kept
+    rows are negated. Both steps are exact.
+    """
+    config = target.config
+    if config.sde.name != "flow" or config.model.parameterization != "velocity":
+        raise CheckpointMismatch("a SiT checkpoint is a flow-matching velocity network; set "
+                                 "--config.sde.name=flow --config.model.parameterization="
+                                 "velocity.")
+    if config.model.dit.learn_sigma:
+        raise CheckpointMismatch("SiT's forward() drops its learned-sigma channels; set "
+                                 "--config.model.dit.learn_sigma=False.")
+    data = dict(data)
+    weight = np.asarray(data.get("final_layer.linear.weight"))
+    bias = np.asarray(data.get("final_layer.linear.bias"))
+    p = config.model.dit.patch_size
+    channels = target.shapes[("final", "linear", "kernel")][-1] // (p * p)
+    if weight.ndim == 2 and weight.shape[0] == 2 * p * p * channels:
+        # Rows are (p, p, 2C) with the channel fastest (DiT's unpatchify): keep the first C.
+        keep = lambda a: a.reshape(p * p, 2 * channels, *a.shape[1:])[:, :channels].reshape(  # noqa: E731
+            p * p * channels, *a.shape[1:])
+        weight, bias = keep(weight), keep(bias)
+    data["final_layer.linear.weight"] = -weight
+    data["final_layer.linear.bias"] = -bias
+    return convert(target, data)

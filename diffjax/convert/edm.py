@@ -14,8 +14,9 @@ with endpoint=True is score_sde's embedding; its blocks hold the attention that 
 in separate blocks (the qkv 1x1 conv interleaves q, k, v per channel); its class labels enter as
 one-hot vectors times sqrt(label_dim) through a Linear added to the noise features, which is a
 table of W * sqrt(label_dim) + b per class with the bias alone as the null class
-(`model.unet.label_embedding=noise_features`). `map_augment` (augmentation labels, absent at
-sampling) is dropped. Not supported: `DhariwalUNet` (ADM, ImageNet-64) and the 'skip'
+(`model.unet.label_embedding=noise_features`). `map_augment` (augmentation labels, zero at
+sampling) becomes the `augment_embedding` layer of `model.unet.augment_dim` (EDM: 9), so the
+converted network has EDM's exact parameter count. Not supported: `DhariwalUNet` (ADM, ImageNet-64) and the 'skip'
 encoder/decoder, which no released EDM network uses.
 
 The preconditioning (VP: c_noise = 999 t as diffjax's VP; VE: c_noise = log(sigma / 2) for data
@@ -102,6 +103,10 @@ def _check_architecture(kwargs: dict, config) -> None:
             raise CheckpointMismatch(
                 f"the pickle's SongUNet has {key}={arch!r}; set "
                 f"--config.model.unet.{config_key}={wanted[key][arch]}.")
+    augment_dim = int(kwargs.get("augment_dim", 0) or 0)
+    if augment_dim != unet.augment_dim:
+        raise CheckpointMismatch(f"the pickle's SongUNet has augment_dim={augment_dim}; set "
+                                 f"--config.model.unet.augment_dim={augment_dim}.")
     if kwargs.get("channel_mult_emb", 4) != 4:
         raise CheckpointMismatch("EDM channel_mult_emb != 4 has no NCSNpp counterpart "
                                  "(score_sde's embedding is 4 nf wide).")
@@ -126,6 +131,7 @@ def _edm_names(target: Target) -> dict[str, tuple[str, str | None]]:
 
     names = {"noise_features": ("map_noise", None), "temb_0": ("map_layer0", None),
              "temb_1": ("map_layer1", None), "label_embedding": ("map_label", None),
+             "augment_embedding": ("map_augment", None),
              "conv_in": (f"enc.{res(0)}_conv", None),
              "mid_block_0": (f"dec.{res(levels - 1)}_in0", None),
              "mid_attn": (f"dec.{res(levels - 1)}_in0", "attention"),
@@ -242,6 +248,6 @@ def convert(target: Target, net) -> tuple[dict, dict, int]:
                     f"{list(value.shape)} (EDM resample_filter={kwargs.get('resample_filter')}); "
                     f"set --config.model.unet.fir=True with that kernel as fir_kernel, or "
                     f"fir=False for [1, 1].")
-    ignored = lambda n: n.endswith("resample_filter") or ".map_augment." in n  # noqa: E731
+    ignored = lambda n: n.endswith("resample_filter")  # noqa: E731
     params = apply_rules(rules(target, prefix), tensors, source=f"EDM {precond}", ignore=ignored)
     return params, params, 0

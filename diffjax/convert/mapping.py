@@ -71,6 +71,7 @@ HINTS: tuple[tuple[str, str], ...] = (
     (r"^temb_", "model.unet.nf or model.unet.noise_conditional"),
     (r"^label_embedding/|^label_embed/",
      "model.conditional, data.num_classes or model.unet.label_embedding"),
+    (r"^augment_embedding/", "model.unet.augment_dim (EDM: 9)"),
     (r"_attn", "model.unet.attn_resolutions"),
     (r"_pyramid", "model.unet.progressive, progressive_input or progressive_combine"),
     (r"_resample/Conv2d_0|_pyramid/Conv2d_0", "model.unet.fir"),

@@ -44,7 +44,7 @@ def build_ncsnpp(config) -> nn.Module:
         scale_by_sigma=u.scale_by_sigma, centered=config.data.centered,
         nonlinearity=u.nonlinearity, num_classes=_num_classes(config),
         label_dropout=m.label_dropout, label_embedding=u.label_embedding,
-        dtype=compute_dtype(m), remat=m.remat,
+        augment_dim=u.augment_dim, dtype=compute_dtype(m), remat=m.remat,
     )
 
 

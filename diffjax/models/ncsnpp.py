@@ -16,9 +16,12 @@ rely on what `diffjax.score` feeds it, exactly as score_sde's `get_score_fn` doe
   (`model.parameterization="score"`).
 - `centered=False` maps [0, 1] input to 2x - 1 inside the network (score_sde's data.centered).
 
-Differences, both additions: `num_classes > 0` adds diffjax's class embedding (a table with a
+Differences, all additions: `num_classes > 0` adds diffjax's class embedding (a table with a
 null row for classifier-free guidance) to the time embedding (`label_embedding="embedding"`) or,
 as EDM's SongUNet does, to the noise features before the embedding MLP ("noise_features");
+`augment_dim > 0` adds EDM's augmentation-label layer (`map_augment`, Linear(augment_dim, features)
+without bias) to the noise features, fed zeros (diffjax has no augmentation pipeline), so EDM's
+networks have their exact parameter count (55,735,299 for edm-cifar10-32x32-cond-vp);
 attention uses `jax.nn.dot_product_attention` (the same function; fused on GPUs).
 
 Top-level submodules are created in the order of score_sde's `all_modules` list; the converter
@@ -36,9 +39,10 @@ import numpy as np
 from diffjax.models import fir
 from diffjax.models.embeddings import (GaussianFourierEmbedding, LabelEmbedding,
                                        score_sde_timestep_embedding)
-from diffjax.models.ncsnpp_layers import (AttnBlockpp, Combine, Downsample, ResnetBlockBigGANpp,
-                                          ResnetBlockDDPMpp, Upsample, conv3x3, dense,
-                                          get_activation, group_norm)
+from diffjax.models.ncsnpp_layers import (DENSE_AXES, AttnBlockpp, Combine, Downsample,
+                                          ResnetBlockBigGANpp, ResnetBlockDDPMpp, Upsample,
+                                          conv3x3, default_init, dense, get_activation,
+                                          group_norm)
 
 CHOICES = {
     "resblock_type": ("ddpm", "biggan"),
@@ -76,6 +80,7 @@ class NCSNpp(nn.Module):
     num_classes: int = 0  # diffjax extension: class-conditional with a null class
     label_dropout: float = 0.1
     label_embedding: str = "embedding"
+    augment_dim: int = 0  # EDM's map_augment: augmentation labels (always zero here) -> features
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -94,6 +99,9 @@ class NCSNpp(nn.Module):
         if self.num_classes > 0 and not self.noise_conditional:
             raise ValueError("Class conditioning (model.conditional) needs "
                              "model.unet.noise_conditional=True.")
+        if self.augment_dim < 0 or self.augment_dim and not self.noise_conditional:
+            raise ValueError(f"model.unet.augment_dim={self.augment_dim} needs "
+                             f"model.unet.noise_conditional=True and augment_dim >= 0.")
 
     @nn.compact
     def __call__(self, x, noise_cond, labels=None, *, train: bool = False):
@@ -138,6 +146,14 @@ class NCSNpp(nn.Module):
         if self.noise_conditional:
             if use_labels and self.label_embedding == "noise_features":
                 features = features + label_embedding(features.shape[-1])
+            if self.augment_dim:
+                # EDM's map_augment (Linear without bias) on its augmentation labels. diffjax has
+                # no augmentation pipeline, so the labels are zero ("not augmented", what EDM
+                # feeds at sampling) and the layer only holds the weights of EDM's network.
+                no_augment = jnp.zeros((batch, self.augment_dim), jnp.float32)
+                features = features + nn.Dense(
+                    features.shape[-1], use_bias=False, kernel_init=default_init(1.0, DENSE_AXES),
+                    param_dtype=jnp.float32, name="augment_embedding")(no_augment)
             temb = dense(4 * nf, dtype=dtype, name="temb_0")(features.astype(dtype))
             temb = dense(4 * nf, dtype=dtype, name="temb_1")(act(temb))
             if use_labels and self.label_embedding == "embedding":
