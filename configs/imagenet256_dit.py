@@ -2,8 +2,9 @@
 `sample_ddp.py`; `:S`, `:B`, `:L`, `:XL` (default) are DiT-S/2, B/2, L/2, XL/2.
 
 Expected result: DiT-XL/2 reaches FID-50k 2.27 with guidance 1.5 (9.62 without) after 7M steps;
-the paper's model-size comparison stops at 400k steps, where XL/2 has FID 19.5 without guidance. This config trains 400k steps; for 7M set --config.training.num_train_steps=7000000.
-The paper's 2.27 is reproduced from DiT's released checkpoint (below). FID is against ADM's
+the paper's model-size comparison (its Table 4, without guidance) stops at 400k steps. This
+config trains 400k steps; for 7M set --config.training.num_train_steps=7000000. The paper's 2.27
+is reproduced from DiT's released checkpoint (below); diffjax has not measured it (no GPU). FID is against ADM's
 reference batch (VIRTUAL_imagenet256_labeled.npz), as DiT reports it.
 Parameters (DiT's count, learn_sigma=True, its fixed sin-cos table included): S/2 32,963,360,
 B/2 130,512,416, L/2 458,102,816, XL/2 675,129,632; equal to DiT's `models.py`.
