@@ -40,71 +40,25 @@ on the fly: the same distribution); the EMA follows training.ema_warmup=False (D
 as a copy of the weights and decays by 0.9999 from then, which is this).
 """
 
-from diffjax.config_base import base_config
-
-SIZES = ("S", "B", "L", "XL")
+from diffjax.config_presets import DIT_SIZES, dit_imagenet256_latents
 
 
 def get_config(arg: str | None = None):
     size = arg or "XL"
-    if size not in SIZES:
-        raise ValueError(f"Unknown variant {size!r} for imagenet256_dit.py; valid: {SIZES}.")
-    config = base_config()
-    config.data.dataset = "imagenet2012"
-    config.data.image_size = 256
-    config.data.num_channels = 3
-    config.data.num_classes = 1000
-    config.data.centered = True
-    config.data.dequantize = False
-    config.data.random_flip = True
-    config.data.latent_dir = "latents"  # inside the workdir, written by --mode=encode_latents
-    config.data.latent_views = 2  # the image and its horizontal flip (DiT's RandomHorizontalFlip)
+    if size not in DIT_SIZES:
+        raise ValueError(f"Unknown variant {size!r} for imagenet256_dit.py; valid: {DIT_SIZES}.")
+    config = dit_imagenet256_latents(size)
 
-    config.model.name = "dit"
     config.model.parameterization = "eps"
-    config.model.conditional = True
-    config.model.label_dropout = 0.1
-    config.model.noise_embedding = "positional"
-    config.model.dtype = "float32"  # DiT trains in float32 (TF32); bfloat16 is faster
-    config.model.remat = size in ("L", "XL")
-    config.model.dit.size = size
-    config.model.dit.patch_size = 2
-    config.model.dit.pos_embed = "sincos"
-    config.model.dit.learn_sigma = True
+    config.model.dit.learn_sigma = True  # 8 output channels: noise, then the variance
 
-    # A diffusers folder of stabilityai/sd-vae-ft-ema (relative: inside the workdir).
-    config.autoencoder.pretrained = "sd-vae-ft-ema"
-    config.autoencoder.scale = 0.18215
-    config.autoencoder.shift = 0.0
-
+    # DiT's GaussianDiffusion: 1000 discrete steps, linear betas 1e-4..0.02.
     config.sde.name = "ddpm"
     config.sde.beta_schedule = "linear"
     config.sde.num_timesteps = 1000
 
-    config.training.batch_size = 256
-    config.training.num_train_steps = 400_000
-    config.training.checkpoint_every_steps = 50_000
-    config.training.sample_every_steps = 10_000
-    config.training.ema_decay = 0.9999
-    config.training.ema_warmup = False
-    config.training.reduce_mean = True  # DiT's mean_flat
-
-    config.optim.optimizer = "adamw"
-    config.optim.lr = 1e-4
-    config.optim.weight_decay = 0.0
-    config.optim.warmup_steps = 0
-    config.optim.grad_clip = 0.0
-
+    # sample_ddp.py: 250 respaced ancestral steps with the learned variance, no clipping.
     config.sampling.method = "ddpm"
-    config.sampling.num_steps = 250
     config.sampling.variance = "learned"
     config.sampling.clip_denoised = False
-    config.sampling.guidance_scale = 1.5
-    config.sampling.guidance_channels = 3
-
-    config.eval.num_samples = 50_000
-    config.eval.batch_size = 1000
-    config.eval.reference_stats = "VIRTUAL_imagenet256_labeled.npz"  # ADM's; in the cwd
-    config.mesh.fsdp = -1
-    config.mesh.data = 1
     return config

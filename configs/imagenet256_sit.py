@@ -39,62 +39,26 @@ Where diffjax differs on purpose: as configs/imagenet256_dit.py (latents stored 
 sample drawn per step in-graph).
 """
 
-from diffjax.config_base import base_config
-
-SIZES = ("S", "B", "L", "XL")
+from diffjax.config_presets import DIT_SIZES, dit_imagenet256_latents
 
 
 def get_config(arg: str | None = None):
     size = arg or "XL"
-    if size not in SIZES:
-        raise ValueError(f"Unknown variant {size!r} for imagenet256_sit.py; valid: {SIZES}.")
-    config = base_config()
-    config.data.dataset = "imagenet2012"
-    config.data.image_size = 256
-    config.data.num_channels = 3
-    config.data.num_classes = 1000
-    config.data.centered = True
-    config.data.dequantize = False
-    config.data.random_flip = True
-    config.data.latent_dir = "latents"  # inside the workdir, written by --mode=encode_latents
-    config.data.latent_views = 2
+    if size not in DIT_SIZES:
+        raise ValueError(f"Unknown variant {size!r} for imagenet256_sit.py; valid: {DIT_SIZES}.")
+    config = dit_imagenet256_latents(size)
 
-    config.model.name = "dit"
     config.model.parameterization = "velocity"
-    config.model.conditional = True
-    config.model.label_dropout = 0.1
-    config.model.noise_embedding = "positional"
-    config.model.dtype = "float32"  # SiT trains in float32 (TF32); bfloat16 is faster
-    config.model.remat = size in ("L", "XL")
-    config.model.dit.size = size
-    config.model.dit.patch_size = 2
-    config.model.dit.pos_embed = "sincos"
     config.model.dit.learn_sigma = False
-
-    config.autoencoder.pretrained = "sd-vae-ft-ema"  # diffusers folder; relative: in the workdir
-    config.autoencoder.scale = 0.18215
-    config.autoencoder.shift = 0.0
 
     config.sde.name = "flow"
 
-    config.training.batch_size = 256
-    config.training.num_train_steps = 400_000
-    config.training.checkpoint_every_steps = 50_000
-    config.training.sample_every_steps = 10_000
-    config.training.ema_decay = 0.9999
-    config.training.ema_warmup = False
     config.training.eps = 0.0  # SiT's train_eps for the linear velocity model: t ~ U(0, 1)
     config.training.time_sampling = "uniform"
-    config.training.reduce_mean = True  # SiT's mean_flat
+    # SiT's mean_flat of the squared velocity error, as DiT's (the preset's reduce_mean).
 
-    config.optim.optimizer = "adamw"
-    config.optim.lr = 1e-4
-    config.optim.weight_decay = 0.0
-    config.optim.warmup_steps = 0
-    config.optim.grad_clip = 0.0
-
+    # sample_ddp.py's SDE defaults (Euler-Maruyama, w(t) = sigma, last step "Mean" of 0.04).
     config.sampling.method = "sit_sde"
-    config.sampling.num_steps = 250
     config.sampling.diffusion_form = "sigma"
     config.sampling.diffusion_norm = 1.0
     config.sampling.last_step = "mean"
@@ -102,12 +66,4 @@ def get_config(arg: str | None = None):
     config.sampling.eps = 0.0  # ode_adaptive: integrate to the data, as SiT's ODE
     config.sampling.denoise = False
     config.sampling.solver = "dopri5"
-    config.sampling.guidance_scale = 1.5
-    config.sampling.guidance_channels = 3
-
-    config.eval.num_samples = 50_000
-    config.eval.batch_size = 1000
-    config.eval.reference_stats = "VIRTUAL_imagenet256_labeled.npz"  # ADM's; in the cwd
-    config.mesh.fsdp = -1
-    config.mesh.data = 1
     return config

@@ -171,3 +171,14 @@ class LinearProcess:
 
 # Kept for code written against diffjax's first API, where every process was an SDE.
 LinearSDE = LinearProcess
+
+
+def variance_preserving_coeffs(log_mean_coeff: Array) -> tuple[Array, Array]:
+    """(alpha, sigma) of a variance-preserving kernel from m = log alpha: sigma^2 = 1 - alpha^2,
+    with expm1 so that sigma stays accurate where alpha is within float eps of 1."""
+    return jnp.exp(log_mean_coeff), jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
+
+
+def variance_preserving_log_snr(log_mean_coeff: Array) -> Array:
+    """log(alpha^2 / sigma^2) of a variance-preserving kernel from m = log alpha."""
+    return 2.0 * log_mean_coeff - jnp.log(-jnp.expm1(2.0 * log_mean_coeff))

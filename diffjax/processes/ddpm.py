@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes.base import LinearProcess, as_time, float_dtype
+from diffjax.processes.base import (
+    LinearProcess, as_time, float_dtype, variance_preserving_coeffs, variance_preserving_log_snr,
+)
 
 Array = jax.Array
 
@@ -120,12 +122,10 @@ class DiscreteDDPM(LinearProcess):
         return jnp.interp(t, jnp.asarray(knots_t, t.dtype), jnp.asarray(knots_log_alpha, t.dtype))
 
     def marginal_coeffs(self, t):
-        m = self.log_mean_coeff(t)
-        return jnp.exp(m), jnp.sqrt(-jnp.expm1(2.0 * m))
+        return variance_preserving_coeffs(self.log_mean_coeff(t))
 
     def log_snr(self, t):
-        m = self.log_mean_coeff(t)
-        return 2.0 * m - jnp.log(-jnp.expm1(2.0 * m))
+        return variance_preserving_log_snr(self.log_mean_coeff(t))
 
     def t_from_log_snr(self, log_snr):
         log_snr = as_time(log_snr)

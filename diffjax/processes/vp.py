@@ -18,7 +18,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes.base import LinearProcess, as_time
+from diffjax.processes.base import (
+    LinearProcess, as_time, variance_preserving_coeffs, variance_preserving_log_snr,
+)
 
 
 def t_from_log_mean_coeff(m, beta_min: float, beta_max: float):
@@ -64,12 +66,10 @@ class VPSDE(LinearBetaSchedule):
         return jnp.sqrt(self.beta(t))
 
     def marginal_coeffs(self, t):
-        m = self.log_mean_coeff(t)
-        return jnp.exp(m), jnp.sqrt(-jnp.expm1(2.0 * m))
+        return variance_preserving_coeffs(self.log_mean_coeff(t))
 
     def log_snr(self, t):
-        m = self.log_mean_coeff(t)
-        return 2.0 * m - jnp.log(-jnp.expm1(2.0 * m))
+        return variance_preserving_log_snr(self.log_mean_coeff(t))
 
     def t_from_log_snr(self, log_snr):
         # alpha^2 = sigmoid(lambda) for a variance-preserving kernel.
