@@ -119,10 +119,10 @@ def main():
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_enable_xprof_traceme=true").strip()
-    from diffjax import runtime
+    from diffjax import logs, runtime
 
     runtime.configure_xla_flags()
-    runtime.quiet_library_logs()
+    logs.quiet_library_logs()
     runtime.enable_compilation_cache()
     import jax
 

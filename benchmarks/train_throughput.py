@@ -199,9 +199,9 @@ def main():
     parser.add_argument("--fsdp_memory_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from diffjax import runtime
+    from diffjax import logs, runtime
 
-    runtime.quiet_library_logs()
+    logs.quiet_library_logs()
     runtime.enable_compilation_cache()
     if args.fsdp_memory_worker:
         print("RESULT", json.dumps(fsdp_memory(args.config)))

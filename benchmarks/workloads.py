@@ -277,10 +277,10 @@ WORKLOADS = ("ddpmpp_train", "em_sample", "inception", "dit_train")
 def worker_main() -> None:
     """`python benchmarks/workloads.py WORKLOAD [SCALE]`: one measurement, one RESULT line."""
     name, scale = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    from diffjax import runtime
+    from diffjax import logs, runtime
 
     runtime.configure_xla_flags()
-    runtime.quiet_library_logs()
+    logs.quiet_library_logs()
     runtime.enable_compilation_cache()
     print("RESULT", json.dumps(run_workload(name, scale)), flush=True)
 
