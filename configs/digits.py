@@ -56,6 +56,7 @@ def get_config(arg: str | None = None):
     config.data.centered = objective != "ve"  # VE models data in [0, 1]
     if latent:  # inside the workdir: WORKDIR/latents, written by --mode=encode_latents
         config.data.latent_dir = "latents"
+        config.data.latent_views = 1  # a mirrored digit is not a digit (cf. random_flip=False)
 
     config.model.name = "dit" if dit else "unet"
     config.model.conditional = conditional
