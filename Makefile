@@ -26,7 +26,7 @@ quickstart: $(STAMP)
 		--config.eval.checkpoints=latest
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist=loadfile tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist=loadfile --durations=15 tests
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py
