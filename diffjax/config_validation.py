@@ -43,10 +43,6 @@ def _positive():
     return lambda v: v > 0, "> 0"
 
 
-def _in_open_closed(lo, hi):
-    return lambda v: lo < v <= hi, f"in ({lo}, {hi}]"
-
-
 # key -> (predicate, description of the valid range); every mode checks these.
 RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _at_least(0),

@@ -28,17 +28,13 @@ import numpy as np
 
 from diffjax import filesystem as fs
 
+from diffjax.latents.first_stage import LATENT_SPACE_FILE, is_diffjax_run
+
 AUTOENCODER_SUBDIR = "autoencoder"
-LATENT_SPACE_FILE = "latent_space.json"
 
 
 def is_latent(config) -> bool:
     return bool(config.data.get("latent_dir", ""))
-
-
-def is_diffjax_run(path: str) -> bool:
-    """A diffjax workdir (checkpoints/ inside) rather than a diffusers folder."""
-    return bool(path) and fs.is_dir(fs.join(path, "checkpoints"))
 
 
 def _inside(workdir: str, path: str) -> str:
@@ -75,14 +71,6 @@ def autoencoder_training_config(config):
         derived.autoencoder.pretrained = ""  # the architecture of this config is being trained
     derived.lock()
     return derived
-
-
-def published_latent_space(run: str) -> tuple[float, float] | None:
-    path = fs.join(run, LATENT_SPACE_FILE)
-    if not fs.exists(path):
-        return None
-    record = json.loads(fs.read_text(path))
-    return float(record["scaling_factor"]), float(record.get("shift_factor", 0.0))
 
 
 def publish_latent_space(run: str, vae, images: np.ndarray) -> dict[str, Any]:

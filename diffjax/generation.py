@@ -39,6 +39,23 @@ def pixel_range(config) -> tuple[bool, bool]:
     return bool(config.data.centered), bool(config.data.dequantize)
 
 
+def _padded_size(mesh: Mesh, batch_size: int) -> int:
+    """The batch rounded up to a multiple of the data-parallel devices (padding is dropped)."""
+    parallel = batch_axis_size(mesh)
+    return -(-batch_size // parallel) * parallel
+
+
+def _on_devices(mesh: Mesh, array, padded: int):
+    """`array` zero-padded along the batch to `padded` rows and split over the mesh (None stays
+    None)."""
+    if array is None:
+        return None
+    array = jnp.asarray(array)
+    if array.shape[0] != padded:
+        array = jnp.pad(array, ((0, padded - array.shape[0]),) + ((0, 0),) * (array.ndim - 1))
+    return jax.device_put(array, batch_sharding(mesh))
+
+
 def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
                      sampling_config=None, decoder=None) -> Callable:
     """`generate(params, rng, labels)`; labels is an int32 [batch_size] array or None.
@@ -49,8 +66,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     program, so a sample never leaves the devices between the sampler and the decoder.
     """
     sampling_config = sampling_config or config.sampling
-    parallel = batch_axis_size(mesh)
-    padded = -(-batch_size // parallel) * parallel
+    padded = _padded_size(mesh, batch_size)
     shape = image_shape(config, padded)
     guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
 
@@ -68,11 +84,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     decoder_params = decoder.params if decoder is not None else None
 
     def generate_any_size(params, rng, labels):
-        if labels is not None and padded != batch_size:
-            labels = jnp.pad(jnp.asarray(labels), (0, padded - batch_size))
-        if labels is not None:
-            labels = jax.device_put(labels, batch_sharding(mesh))
-        samples, nfe = jitted(params, decoder_params, rng, labels)
+        samples, nfe = jitted(params, decoder_params, rng, _on_devices(mesh, labels, padded))
         return (samples if padded == batch_size else samples[:batch_size]), nfe
 
     return generate_any_size
@@ -86,13 +98,9 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     The method is `sampling.method` (one of the SDE samplers that support replacement).
     """
     sampling_config = sampling_config or config.sampling
-    parallel = batch_axis_size(mesh)
-    padded = -(-batch_size // parallel) * parallel
+    padded = _padded_size(mesh, batch_size)
     guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
-    options = sampling.sampler_options(sampling_config)
-    options = {k: v for k, v in options.items()
-               if k in ("num_steps", "eps", "predictor", "snr", "corrector_steps", "time_grid",
-                        "rho", "denoise")}
+    options = sampling.sampler_options(sampling_config)  # the method's own keys only
 
     def inpaint(params, rng, labels, x_known, mask):
         score_fn = score_fn_for(config, model, sde, params, labels=labels,
@@ -104,13 +112,8 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     jitted = jax.jit(inpaint, out_shardings=(batch_sharding(mesh), replicated(mesh)))
 
     def inpaint_any_size(params, rng, labels, x_known, mask):
-        extra = padded - batch_size
-        x_known = jnp.pad(jnp.asarray(x_known), ((0, extra),) + ((0, 0),) * 3)
-        x_known = jax.device_put(x_known, batch_sharding(mesh))
-        if labels is not None:
-            labels = jax.device_put(jnp.pad(jnp.asarray(labels), (0, extra)),
-                                    batch_sharding(mesh))
-        samples, nfe = jitted(params, rng, labels, x_known, jnp.asarray(mask))
+        samples, nfe = jitted(params, rng, _on_devices(mesh, labels, padded),
+                              _on_devices(mesh, x_known, padded), jnp.asarray(mask))
         return samples[:batch_size], nfe
 
     return inpaint_any_size

@@ -191,10 +191,6 @@ def get_parameterization(name: str) -> Parameterization:
         ) from None
 
 
-def check_parameterization(parameterization: str) -> None:
-    get_parameterization(parameterization)
-
-
 class Prediction(NamedTuple):
     """What one network evaluation says about x_t."""
 
@@ -286,16 +282,3 @@ def make_score_fn(process: LinearProcess, net: NetFn, *, parameterization: str =
     """The `ModelFn` of `net` (a score function with `.predict`); see `ModelFn`."""
     return ModelFn(process, net, parameterization=parameterization, sigma_data=sigma_data,
                    labels=labels, learned_variance=learned_variance)
-
-
-# --- conversions for plain scores ------------------------------------------------------------
-
-def score_to_noise(process: LinearProcess, score: Array, t: Array) -> Array:
-    """The noise prediction implied by a score: eps_hat = -sigma(t) score (DPM-Solver's input)."""
-    return -broadcast_to_data(process.marginal_std(t), score) * score
-
-
-def score_to_denoised(process: LinearProcess, x: Array, score: Array, t: Array) -> Array:
-    """Tweedie's estimate E[x_0 | x_t] = (x_t + sigma^2 score) / alpha."""
-    alpha, sigma = process.marginal_coeffs(t)
-    return (x + broadcast_to_data(sigma**2, x) * score) / broadcast_to_data(alpha, x)

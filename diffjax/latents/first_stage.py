@@ -10,6 +10,7 @@ and shift, and both answer the question the rest of diffjax asks: what shape are
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jax.sharding import Mesh
@@ -21,10 +22,27 @@ from diffjax.latents.vae import VAE, compute_dtype, load_vae
 from diffjax.parallel.sharding import DEFAULT_RULES
 
 
+LATENT_SPACE_FILE = "latent_space.json"  # a diffjax first stage's scaling_factor/shift_factor
+
+
+def is_diffjax_run(path: str) -> bool:
+    """A diffjax workdir (checkpoints/ inside) rather than a diffusers folder."""
+    return bool(path) and filesystem.is_dir(filesystem.join(path, "checkpoints"))
+
+
+def published_latent_space(run: str) -> tuple[float, float] | None:
+    """(scale, shift) that a diffjax first-stage run published in its latent_space.json."""
+    path = filesystem.join(run, LATENT_SPACE_FILE)
+    if not run or not filesystem.exists(path):
+        return None
+    record = json.loads(filesystem.read_text(path))
+    return float(record["scaling_factor"]), float(record.get("shift_factor", 0.0))
+
+
 def _diffusers_folder(config) -> str:
     """autoencoder.pretrained when it names a diffusers folder ("" for a diffjax run)."""
     path = config.autoencoder.pretrained
-    return "" if not path or filesystem.is_dir(filesystem.join(path, "checkpoints")) else path
+    return "" if is_diffjax_run(path) else path
 
 
 def build_autoencoder(config) -> AutoencoderKL:
@@ -51,7 +69,7 @@ def latent_scale_shift(config) -> tuple[float, float]:
     if _diffusers_folder(config):
         default = diffusers_weights.latent_space(diffusers_weights.read_config(a.pretrained))
     else:
-        default = _published(a.pretrained) or (1.0, 0.0)
+        default = published_latent_space(a.pretrained) or (1.0, 0.0)
     return (default[0] if a.scale is None else float(a.scale),
             default[1] if a.shift is None else float(a.shift))
 
@@ -86,11 +104,3 @@ def vae_from_config(config, *, params: Any = None, mesh: Mesh | None = None,
                          "--config.autoencoder.pretrained to a diffusers AutoencoderKL folder.")
     return VAE(build_autoencoder(config), params, scale=scale, shift=shift, mesh=mesh,
                rules=rules, batch_size=a.batch_size, name="diffjax first stage")
-
-
-def _published(run: str) -> tuple[float, float] | None:
-    if not run:
-        return None
-    from diffjax.first_stage import published_latent_space
-
-    return published_latent_space(run)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-VIEW_NAMES = ("original", "hflip")
-
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, C] (C = 1 or 3) -> uint8 [size, size, C], ADM's center crop."""

@@ -24,6 +24,29 @@ import jax.numpy as jnp
 Dtype = jnp.dtype
 
 
+def _sinusoids(noise_cond: jax.Array, dim: int, *, name: str, min_dim: int, log_max: float,
+               endpoint: bool, sin_first: bool) -> jax.Array:
+    """[B] -> [B, dim]: geometric frequencies exp(-log_max k / n), n = half (ADM) or half - 1
+    (endpoint: the last frequency is exactly exp(-log_max)); an odd dim gets a zero column."""
+    if dim < min_dim:
+        raise ValueError(f'{name} needs dim >= {min_dim}, got dim={dim}.')
+    noise_cond = jnp.asarray(noise_cond, jnp.float32)
+    if noise_cond.ndim != 1:
+        raise ValueError(
+            f'{name} expects noise_cond of shape [B], got {noise_cond.shape}; flatten it or '
+            f'pass one scalar per example.')
+    half = dim // 2
+    k = jnp.arange(half, dtype=jnp.float32)
+    # Each reference's own operation order, so the float32 results stay theirs bit for bit.
+    frequencies = jnp.exp(k * -(log_max / (half - 1)) if endpoint else -log_max * k / half)
+    angles = noise_cond[:, None] * frequencies[None, :]
+    pair = (jnp.sin(angles), jnp.cos(angles)) if sin_first else (jnp.cos(angles), jnp.sin(angles))
+    embedding = jnp.concatenate(pair, axis=-1)
+    if dim % 2:
+        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    return embedding
+
+
 def timestep_embedding(noise_cond: jax.Array, dim: int,
                        max_period: float = 10000.0) -> jax.Array:
     """Sinusoidal embedding of a per-example scalar, [B] -> [B, dim] float32.
@@ -32,21 +55,8 @@ def timestep_embedding(noise_cond: jax.Array, dim: int,
     [cos(all frequencies), sin(all frequencies)] (the ADM/DiT layout). An odd
     ``dim`` gets one zero column at the end so callers may pick any width.
     """
-    if dim < 2:
-        raise ValueError(f'timestep_embedding needs dim >= 2, got dim={dim}.')
-    noise_cond = jnp.asarray(noise_cond, jnp.float32)
-    if noise_cond.ndim != 1:
-        raise ValueError(
-            f'timestep_embedding expects noise_cond of shape [B], got '
-            f'{noise_cond.shape}; flatten it or pass one scalar per example.')
-    half = dim // 2
-    frequencies = jnp.exp(
-        -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = noise_cond[:, None] * frequencies[None, :]
-    embedding = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    if dim % 2:
-        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
-    return embedding
+    return _sinusoids(noise_cond, dim, name='timestep_embedding', min_dim=2,
+                      log_max=math.log(max_period), endpoint=False, sin_first=False)
 
 
 def score_sde_timestep_embedding(noise_cond: jax.Array, dim: int,
@@ -56,21 +66,8 @@ def score_sde_timestep_embedding(noise_cond: jax.Array, dim: int,
     Unlike `timestep_embedding`, the frequencies exp(-ln(max_positions) k / (half - 1)) reach
     1/max_positions exactly (EDM calls this `endpoint=True`), and the layout is [sin, cos].
     """
-    if dim < 4:
-        raise ValueError(f'score_sde_timestep_embedding needs dim >= 4, got dim={dim}.')
-    noise_cond = jnp.asarray(noise_cond, jnp.float32)
-    if noise_cond.ndim != 1:
-        raise ValueError(
-            f'score_sde_timestep_embedding expects noise_cond of shape [B], got '
-            f'{noise_cond.shape}; pass one scalar per example.')
-    half = dim // 2
-    frequencies = jnp.exp(
-        jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
-    angles = noise_cond[:, None] * frequencies[None, :]
-    embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-    if dim % 2:
-        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
-    return embedding
+    return _sinusoids(noise_cond, dim, name='score_sde_timestep_embedding', min_dim=4,
+                      log_max=math.log(max_positions), endpoint=True, sin_first=True)
 
 
 class SinusoidalEmbedding(nn.Module):

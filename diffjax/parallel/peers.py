@@ -97,10 +97,6 @@ def peer_failure(error: BaseException) -> BaseException | None:
     return None
 
 
-def is_peer_failure(error: BaseException) -> bool:
-    return peer_failure(error) is not None
-
-
 def exit_if_lost(error: BaseException, checkpoints: str | None) -> None:
     """When `error` reports a lost peer: one line on stderr and exit now, EXIT_LOST_PROCESS.
 

@@ -35,13 +35,16 @@ class Objective(Protocol):
              ) -> tuple[jax.Array, Metrics]: ...
 
 
-def model_input(config, batch: dict, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """A loader batch -> (x0 in the model's data range, labels or None)."""
+def model_input(config, batch: dict, rng: jax.Array, *,
+                scale_shift: tuple[float, float] | None = None
+                ) -> tuple[jax.Array, jax.Array | None]:
+    """A loader batch -> (x0 in the model's data range, labels or None). In latent mode
+    `scale_shift` is the first stage's (scale, shift), read from its files when not given."""
     labels = batch["label"] if config.model.conditional else None
     if is_latent(config):
         from diffjax.latents import latent_scale_shift, sample_model_latents
 
-        scale, shift = latent_scale_shift(config)
+        scale, shift = scale_shift or latent_scale_shift(config)
         return sample_model_latents(rng, batch["mean"], batch["std"], scale=scale,
                                     shift=shift), labels
     d = config.data
@@ -54,14 +57,15 @@ class DiffusionObjective:
     def __init__(self, config, model: nn.Module, sde):
         self.config, self.model, self.sde = config, model, sde
         self.options = losses.loss_options(config.training)
+        # Read once, on the host: the latent scale is a constant of the compiled step.
+        self.scale_shift = None
         if is_latent(config):
-            # Read once, on the host: the scale is a constant of the compiled step.
             from diffjax.latents import latent_scale_shift
 
-            latent_scale_shift(config)
+            self.scale_shift = latent_scale_shift(config)
 
     def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
-        x0, labels = model_input(self.config, batch, rng)
+        x0, labels = model_input(self.config, batch, rng, scale_shift=self.scale_shift)
         return {"x0": x0} if labels is None else {"x0": x0, "labels": labels}
 
     def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
