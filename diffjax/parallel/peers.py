@@ -10,6 +10,10 @@ turns it into one line that names the lost process and exits at once with EXIT_L
 skipping the shutdown barrier that would otherwise wait for the dead process and then abort.
 Asynchronous checkpoint saves in flight are abandoned: Orbax finalises a checkpoint only when
 every process has written its shards, so the newest complete checkpoint stays the newest valid.
+The error may reach Python as any type (an asynchronous save's all-gather raises a ValueError) and
+in words no marker knows; so any error of a multi-process job is also checked against the peers of
+this host by pid before the process exits normally, which would otherwise mean the shutdown barrier
+and the coordination service's abort.
 
 To name the lost process, every process publishes (host, pid, IP addresses) in the coordination
 service's key-value store at start-up and reads everyone else's: a process on the same host is
@@ -45,6 +49,9 @@ _PEERS: dict[int, dict] = {}
 _WATCHDOG = {"thread": None, "stop": None, "checkpoints": None}
 _FAILURE_MARKERS = ("gloo", "connection closed by peer", "connection reset", "broken pipe",
                     "heartbeat", "unavailable:", "deadline_exceeded", "nccl", "socket closed")
+# Errors of the collective libraries themselves, whatever Python type carries them: an
+# asynchronous checkpoint save's all-gather, for one, surfaces as a ValueError.
+_COLLECTIVE_MARKERS = ("gloo", "nccl")
 
 
 class LostProcessError(RuntimeError):
@@ -89,12 +96,36 @@ def peer_failure(error: BaseException) -> BaseException | None:
     """The runtime error in `error`'s chain that reports a lost peer, if any (multi-process)."""
     if jax.process_count() == 1:
         return None
-    for link in _chain(error):
+    found = None
+    for link in _chain(error):  # the innermost match: the collective's own words, not a wrapper's
         text = str(link).lower()
-        if type(link).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and \
-                any(marker in text for marker in _FAILURE_MARKERS):
-            return link
-    return None
+        if any(marker in text for marker in _COLLECTIVE_MARKERS) or (
+                type(link).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+                and any(marker in text for marker in _FAILURE_MARKERS)):
+            found = link
+    return found
+
+
+def gone_on_this_host() -> list[int]:
+    """The processes of this host whose pid no longer exists without having finished.
+
+    Whatever the error looked like: a failure can reach Python worded in a way no marker above
+    knows, and exiting normally then would wait in jax.distributed's shutdown barrier for the
+    dead process until the coordination service aborts this one too.
+    """
+    if jax.process_count() == 1 or not _PEERS:
+        return []
+    me, host = jax.process_index(), socket.gethostname()
+    gone = [index for index, record in sorted(_PEERS.items())
+            if index != me and record["host"] == host
+            and not local_processes.alive(int(record["pid"]))]
+    if gone:
+        try:
+            done = {_index(k) for k, _ in _client().key_value_dir_get(_DONE_KEY.format(""))}
+        except Exception:  # noqa: BLE001 - the coordinator is gone too: nobody finished
+            done = set()
+        gone = [index for index in gone if index not in done]
+    return gone
 
 
 def exit_if_lost(error: BaseException, checkpoints: str | None) -> None:
@@ -106,9 +137,10 @@ def exit_if_lost(error: BaseException, checkpoints: str | None) -> None:
     import sys
 
     cause = peer_failure(error)
-    if cause is None:
+    gone = gone_on_this_host() if cause is None else None
+    if cause is None and not gone:
         return
-    message = lost_process_error(cause, checkpoints)
+    message = lost_process_error(cause or error, checkpoints, gone)
     sys.stdout.flush()
     sys.stderr.write(f"diffjax: error: LostProcessError: {' '.join(str(message).split())}\n")
     sys.stderr.flush()
@@ -186,6 +218,9 @@ def start_watchdog(checkpoints: str | None) -> None:
     def watch() -> None:
         while not stop.wait(WATCHDOG_PERIOD_S):
             now = time.monotonic()
+            # Before any call to the coordinator, which may fail or stall once a peer is gone.
+            for index in gone_on_this_host():
+                lost(index, f"its pid {_PEERS[index]['pid']} no longer exists")
             try:
                 client.key_value_set(_ALIVE_KEY.format(me), str(time.time()),
                                      allow_overwrite=True)
@@ -198,9 +233,7 @@ def start_watchdog(checkpoints: str | None) -> None:
                     if index == me or index in done:
                         continue
                     if record["host"] == host:
-                        if not local_processes.alive(int(record["pid"])):
-                            lost(index, f"its pid {record['pid']} no longer exists")
-                        continue
+                        continue  # checked above, by its pid
                     beat = beats.get(index)
                     previous = last_seen.get(index)
                     if previous is None or beat != previous[0]:
