@@ -19,9 +19,11 @@ What can go wrong, and what happens:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -87,24 +89,36 @@ def _agree_all(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def _short_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno:
         return f"{os.strerror(error.errno)}" + (f": {error.filename}" if error.filename else "")
     first = " ".join(str(error).split())
     for marker in (" See full TensorStore details", "Traceback"):
         first = first.split(marker)[0]
-    return f"{type(error).__name__}: {first[:240]}"
+    # TensorStore's messages quote long paths before the OS reason, which the cut below would
+    # drop; the reason is what the user acts on, so it goes first.
+    code = re.search(r"os_error_code='?(\d+)", first)
+    reasons = [os.strerror(int(code.group(1)))] if code else [
+        os.strerror(number) for number in _DISK_ERRNOS if os.strerror(number) in first]
+    prefix = f"{reasons[0]}: " if reasons else ""
+    return f"{prefix}{type(error).__name__}: {first[:240]}"
 
 
 class Checkpointer:
     def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True,
-                 create: bool = True):
+                 create: bool = True, clear_partial_saves: bool = False):
         self.workdir = fs.absolute(workdir)
         self.directory = workdir_lib.checkpoints_dir(self.workdir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
             create=create,
+            # Only the training job, the one writer of a workdir (the lock), may clear partial
+            # saves of a killed run: for a reader they may be a live save in progress.
+            cleanup_tmp_directories=clear_partial_saves,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
@@ -165,15 +179,32 @@ class Checkpointer:
                 f"the same command to resume.") from None
         return result
 
-    def _remove_partial_saves(self) -> None:
+    def _remove_partial_saves(self, settle_s: float = 1.0, give_up_s: float = 15.0) -> None:
+        """Removes the failed save's temporary folder, and keeps removing it until it stays gone.
+
+        A failed save's Python future fails while TensorStore may still complete writes that
+        were in flight, and its file store recreates missing parent folders: one removal can be
+        undone a moment later. (The next training run's manager also clears such folders.)
+        """
         if jax.process_index() != 0:
             return
-        for name in fs.listdir(self.directory):
-            if ".orbax-checkpoint-tmp" in name:
+        with contextlib.suppress(Exception):  # the same failure again, or none
+            self.manager.wait_until_finished()
+        deadline, clean_since = time.monotonic() + give_up_s, None
+        while time.monotonic() < deadline:
+            partial = [n for n in fs.listdir(self.directory) if ".orbax-checkpoint-tmp" in n]
+            for name in partial:
                 try:
                     fs.remove(fs.join(self.directory, name))
                 except OSError:
-                    pass  # a read-only disk: nothing could have been written there anyway
+                    pass  # a read-only disk, or a write landing meanwhile: the next pass
+            if partial:
+                clean_since = None
+            elif clean_since is None:
+                clean_since = time.monotonic()
+            elif time.monotonic() - clean_since >= settle_s:
+                return
+            time.sleep(0.1)
 
     # --- restoring ----------------------------------------------------------------------------
     def check_matches(self, spec: ShardedStateSpec, step: int,

@@ -145,3 +145,55 @@ def test_wandb_without_the_package_is_one_clear_error(digits_config, monkeypatch
     config.training.wandb_project = "x"
     with pytest.raises(ValueError, match=r"pip install \"diffjax\[wandb\]\""):
         create_writer(str(tmp_path), config, is_chief=True)
+
+
+def _closed_loop_wakeup() -> types.SimpleNamespace:
+    """What TensorStore's completion callbacks raise after a failed async save closed the loop."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(lambda: None)
+    except RuntimeError as error:
+        return types.SimpleNamespace(exc_type=RuntimeError, exc_value=error,
+                                     exc_traceback=error.__traceback__, err_msg=None, object=None)
+    raise AssertionError("a closed loop accepted a callback")
+
+
+def test_only_wakeups_of_a_closed_event_loop_are_dropped_from_unraisables(monkeypatch):
+    from diffjax import logs
+
+    shown = []
+    monkeypatch.delenv("DIFFJAX_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "unraisablehook", shown.append)
+    logs.quiet_library_logs()
+    logs.quiet_library_logs()  # idempotent: one wrapper
+    wakeup = _closed_loop_wakeup()
+    sys.unraisablehook(wakeup)
+    assert shown == []
+    other = types.SimpleNamespace(exc_type=RuntimeError,
+                                  exc_value=RuntimeError("Event loop is closed"),
+                                  exc_traceback=None, err_msg=None, object=None)
+    sys.unraisablehook(other)  # the same words from anywhere else are kept
+    monkeypatch.setenv("DIFFJAX_TRACEBACK", "1")
+    sys.unraisablehook(wakeup)
+    assert shown == [other, wakeup]
+
+
+def test_asyncio_errors_of_a_failed_save_keep_one_line():
+    import asyncio
+    import logging
+
+    from diffjax import logs
+
+    try:
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("asyncio", logging.ERROR, asyncio.base_events.__file__, 1,
+                               "_GatheringFuture exception was never retrieved\nfuture: <...>",
+                               (), exc_info)
+    assert logs.LibraryLogFilter().filter(record)
+    assert record.getMessage() == "_GatheringFuture exception was never retrieved"
+    assert record.exc_info is None

@@ -123,7 +123,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         context.callback(release_job_lock, workdir)
 
     checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
-                                async_save=t_cfg.async_checkpointing)
+                                async_save=t_cfg.async_checkpointing, clear_partial_saves=True)
     context.callback(checkpointer.close)
     state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir)
     last_saved = step if data_state is not None else None
