@@ -101,10 +101,9 @@ def _short_reason(error: BaseException) -> str:
     # TensorStore's messages quote long paths before the OS reason, which the cut below would
     # drop; the reason is what the user acts on, so it goes first.
     code = re.search(r"os_error_code='?(\d+)", first)
-    reasons = [os.strerror(int(code.group(1)))] if code else [
-        os.strerror(number) for number in _DISK_ERRNOS if os.strerror(number) in first]
-    prefix = f"{reasons[0]}: " if reasons else ""
-    return f"{prefix}{type(error).__name__}: {first[:240]}"
+    reason = os.strerror(int(code.group(1))) if code else next(
+        (os.strerror(number) for number in _DISK_ERRNOS if os.strerror(number) in first), None)
+    return f"{reason + ': ' if reason else ''}{type(error).__name__}: {first[:240]}"
 
 
 class Checkpointer:

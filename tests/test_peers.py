@@ -23,7 +23,7 @@ def two_processes(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 0)
     monkeypatch.setattr(peers, "_PEERS", {})
-    monkeypatch.setattr(peers, "_client", lambda: _NoDoneKeys())
+    monkeypatch.setattr(peers, "_client", lambda: _FakeClient())
 
     def set_peer(pid: int, host: str = socket.gethostname()):
         peers._PEERS.update({0: {"host": socket.gethostname(), "pid": os.getpid()},
@@ -31,7 +31,7 @@ def two_processes(monkeypatch):
     return set_peer
 
 
-class _NoDoneKeys:
+class _FakeClient:
     def __init__(self, done=()):
         self.done = done
 
@@ -91,7 +91,7 @@ def test_a_dead_pid_on_this_host_is_gone_whatever_the_error_says(two_processes):
 
 def test_a_process_that_finished_or_lives_elsewhere_is_not_gone(two_processes, monkeypatch):
     two_processes(_dead_pid())
-    monkeypatch.setattr(peers, "_client", lambda: _NoDoneKeys(done=[1]))
+    monkeypatch.setattr(peers, "_client", lambda: _FakeClient(done=[1]))
     assert peers.gone_on_this_host() == []
     two_processes(_dead_pid(), host="another-host")
     assert peers.gone_on_this_host() == []

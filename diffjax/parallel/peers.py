@@ -149,19 +149,12 @@ def exit_if_lost(error: BaseException, checkpoints: str | None) -> None:
 
 def lost_processes(error: BaseException) -> list[int]:
     """The processes that look gone: dead pids on this host, or the host the error names."""
-    me, host = jax.process_index(), socket.gethostname()
+    host = socket.gethostname()
     peer_ips = set(re.findall(r"\[?(\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f:]+:[0-9a-f:]+)\]?:\d+",
                               str(error)))
-    lost = []
-    for index, record in sorted(_PEERS.items()):
-        if index == me:
-            continue
-        if record["host"] == host:
-            if not local_processes.alive(int(record["pid"])):
-                lost.append(index)
-        elif peer_ips & set(record.get("addresses", [])):
-            lost.append(index)
-    return lost
+    elsewhere = [index for index, record in _PEERS.items()
+                 if record["host"] != host and peer_ips & set(record.get("addresses", []))]
+    return sorted(gone_on_this_host() + elsewhere)
 
 
 def describe(index: int) -> str:
