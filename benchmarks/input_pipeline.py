@@ -114,8 +114,7 @@ def main():
                         help="latents/s one accelerator consumes at the latent-DiT setting")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from diffjax import logs, runtime
-
+    from diffjax.runtime import logs, xla
     logs.quiet_library_logs()
     from make_benchmark_datasets import prepare
 

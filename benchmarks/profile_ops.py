@@ -119,13 +119,11 @@ def main():
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_enable_xprof_traceme=true").strip()
-    from diffjax import logs, runtime
-
-    runtime.configure_xla_flags()
+    from diffjax.runtime import logs, xla
+    xla.configure_xla_flags()
     logs.quiet_library_logs()
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     import jax
-
     import workloads
 
     prepared = workloads.prepare(args.workload)

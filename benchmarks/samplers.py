@@ -39,7 +39,7 @@ from diffjax.sampling import SAMPLERS  # noqa: E402
 from diffjax.sampling.adaptive_ode import solve_adaptive  # noqa: E402
 from diffjax.sampling.ode_solvers import pf_ode_drift  # noqa: E402
 from diffjax.sampling.time_grids import resolve_eps  # noqa: E402
-from diffjax.processes import PROCESSES  # noqa: E402
+from diffjax.diffusion.processes import PROCESSES  # noqa: E402
 from gaussian_mixture import random_mixture, two_d_mixture  # noqa: E402
 
 # (label, sampler, options), per process; NFE follows from the options (diffjax/sampling/).

@@ -67,9 +67,9 @@ class BareStep:
         import jax
         import numpy as np
 
-        from diffjax.parallel.sharding import batch_sharding, replicated
         from diffjax.experiment import build_experiment, example_input
-        from diffjax.train_state import create_state
+        from diffjax.parallel.sharding import batch_sharding, replicated
+        from diffjax.state.train_state import create_state
         from diffjax.training.step import make_train_step
         from diffjax.training.throughput import compiled_flops
 
@@ -152,9 +152,9 @@ def fsdp_memory(config_spec: str) -> dict:
     """Runs in a subprocess with 8 CPU devices: {fsdp: (total bytes, bytes on device 0)}."""
     import jax
 
-    from diffjax.parallel.sharding import per_device_bytes
     from diffjax.experiment import build_experiment, example_input
-    from diffjax.train_state import create_state
+    from diffjax.parallel.sharding import per_device_bytes
+    from diffjax.state.train_state import create_state
 
     report = {}
     for fsdp in (1, 2, 4, 8):
@@ -199,10 +199,9 @@ def main():
     parser.add_argument("--fsdp_memory_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from diffjax import logs, runtime
-
+    from diffjax.runtime import logs, xla
     logs.quiet_library_logs()
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     if args.fsdp_memory_worker:
         print("RESULT", json.dumps(fsdp_memory(args.config)))
         return

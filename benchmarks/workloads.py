@@ -32,7 +32,7 @@ EM_STEPS = 100
 
 def small_ddpmpp_config():
     """score_sde's DDPM++ cont. (VP) layout at nf=32 on 32x32x3, batch 32, through config keys."""
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
 
     config = base_config()
     config.data.image_size, config.data.num_channels = 32, 3
@@ -52,7 +52,7 @@ def small_ddpmpp_config():
 
 def dit_s2_config():
     """DiT-S/2 at the paper's latent shape (32x32x4), class-conditional, batch 32."""
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
 
     config = base_config()
     config.data.image_size, config.data.num_channels = 32, 4
@@ -161,7 +161,7 @@ def prepare_train_step(config) -> Prepared:
 
     from diffjax.experiment import build_experiment, example_input
     from diffjax.parallel.sharding import batch_sharding, replicated
-    from diffjax.train_state import count_params, create_state
+    from diffjax.state.train_state import count_params, create_state
     from diffjax.training.step import make_train_step
 
     experiment = build_experiment(config)
@@ -192,7 +192,7 @@ def prepare_em_sampler(config) -> Prepared:
 
     from diffjax import sampling
     from diffjax.experiment import build_experiment, example_input, score_fn_for
-    from diffjax.train_state import count_params, create_state
+    from diffjax.state.train_state import count_params, create_state
 
     experiment = build_experiment(config)
     state = create_state(experiment.model, experiment.optimizer, example_input(config),
@@ -277,11 +277,10 @@ WORKLOADS = ("ddpmpp_train", "em_sample", "inception", "dit_train")
 def worker_main() -> None:
     """`python benchmarks/workloads.py WORKLOAD [SCALE]`: one measurement, one RESULT line."""
     name, scale = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    from diffjax import logs, runtime
-
-    runtime.configure_xla_flags()
+    from diffjax.runtime import logs, xla
+    xla.configure_xla_flags()
     logs.quiet_library_logs()
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     print("RESULT", json.dumps(run_workload(name, scale)), flush=True)
 
 

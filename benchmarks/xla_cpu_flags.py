@@ -3,9 +3,9 @@
 The workloads of benchmarks/workloads.py (DDPM++ nf=32 train step, Euler-Maruyama 100 steps, FID
 Inception features, DiT-S/2 train step), each run in a fresh process per flag set (XLA reads
 XLA_FLAGS once per process). "xla defaults" runs with DIFFJAX_XLA_CPU_DEFAULTS=off and no
-XLA_FLAGS; "diffjax defaults" with what diffjax.runtime sets on this jaxlib. Ratios are to XLA's
+XLA_FLAGS; "diffjax defaults" with what diffjax.runtime.xla sets on this jaxlib. Ratios are to XLA's
 defaults; the checksum column is the relative difference of the outputs' absolute sum (float32
-rounding differences only). This decides diffjax.runtime.XLA_CPU_DEFAULTS.
+rounding differences only). This decides diffjax.runtime.xla.XLA_CPU_DEFAULTS.
 
     .venv/bin/python benchmarks/xla_cpu_flags.py                                  # ~30 min
     .venv/bin/python benchmarks/xla_cpu_flags.py --workloads=inception --candidates=ynn_off
@@ -39,7 +39,7 @@ def main():
     off = {"DIFFJAX_XLA_CPU_DEFAULTS": "off", "XLA_FLAGS": ""}
     sys.path.insert(0, interleaved.REPO)
     os.environ.pop("DIFFJAX_XLA_CPU_DEFAULTS", None)
-    from diffjax.runtime import default_xla_flags  # imports jax; starts no backend
+    from diffjax.runtime.xla import default_xla_flags  # imports jax; starts no backend
 
     defaults = " ".join(default_xla_flags())  # a candidate with the same flags stands for it
     tables = []

@@ -28,7 +28,7 @@ drawn uniformly; batch 128, Adam 2e-4, 5000 warm-up steps, gradient clipping 1, 
 variance beta_t (Ho's and score_sde's choice), no clipping of x0 (score_sde; Ho's code clips).
 """
 
-from diffjax.config_presets import check_variant, score_sde_cifar10
+from diffjax.config.presets import check_variant, score_sde_cifar10
 
 
 def get_config(arg: str | None = None):

@@ -15,7 +15,7 @@ From score_sde's released checkpoint (docs/published_checkpoints.md):
 Settings: as configs/cifar10_ddpmpp_vp.py, with the sub-VP SDE.
 """
 
-from diffjax.config_presets import check_variant, score_sde_cifar10
+from diffjax.config.presets import check_variant, score_sde_cifar10
 
 
 def get_config(arg: str | None = None):

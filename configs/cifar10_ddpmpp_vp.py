@@ -25,7 +25,7 @@ embedding of 999 t, BigGAN blocks, no FIR, no pyramids; batch 128, Adam 2e-4 wit
 steps, gradient clipping 1, EMA 0.9999, training.reduce_mean=True, 1.3M steps (deep: 950k).
 """
 
-from diffjax.config_presets import check_variant, score_sde_cifar10
+from diffjax.config.presets import check_variant, score_sde_cifar10
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ Expected result: no published number for pixel-space CIFAR-10 DiT; use --mode=ev
 compare with the DDPM++ configs at equal compute.
 """
 
-from diffjax.config_base import base_config
+from diffjax.config.schema import base_config
 
 
 def get_config(arg: str | None = None):

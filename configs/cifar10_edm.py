@@ -45,8 +45,8 @@ score_sde's (EDM scales its output layers by 1e-5 and attention weights by sqrt(
 eps 1e-6 (score_sde) instead of EDM's 1e-5; EDM replaces non-finite gradients with zero.
 """
 
-from diffjax.config_base import base_config
-from diffjax.config_presets import check_variant
+from diffjax.config.presets import check_variant
+from diffjax.config.schema import base_config
 
 BATCH = 512
 

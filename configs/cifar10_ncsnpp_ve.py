@@ -20,7 +20,7 @@ sigma 0.01..50; batch 128, Adam 2e-4, 5000 warm-up steps, clipping 1, EMA 0.999,
 training.reduce_mean=False (0.5 x the pixel sum in score_sde), 1.3M steps (deep: 950k).
 """
 
-from diffjax.config_presets import check_variant, score_sde_cifar10
+from diffjax.config.presets import check_variant, score_sde_cifar10
 
 
 def get_config(arg: str | None = None):

@@ -29,7 +29,7 @@ numbers). The edm, flow and ddpm variants train the same network for the same 2,
 losses are on other scales (EDM's weighted x0 error, the velocity error, the noise error).
 """
 
-from diffjax.config_base import base_config
+from diffjax.config.schema import base_config
 
 OBJECTIVES = ("edm", "flow", "ddpm")
 SDES = ("vp", "subvp", "ve", "cosine")
@@ -73,7 +73,7 @@ def get_config(arg: str | None = None):
     if objective == "ve":
         config.model.noise_embedding = "fourier"
         config.model.scale_input = True
-    # What each objective's network predicts (diffjax/score.py).
+    # What each objective's network predicts (diffjax/diffusion/parameterization.py).
     config.model.parameterization = {"edm": "edm", "flow": "velocity"}.get(objective, "eps")
 
     # The first stage of `latent`: WORKDIR/autoencoder (autoencoder.pretrained = ""), downsampling

@@ -40,7 +40,7 @@ on the fly: the same distribution); the EMA follows training.ema_warmup=False (D
 as a copy of the weights and decays by 0.9999 from then, which is this).
 """
 
-from diffjax.config_presets import DIT_SIZES, dit_imagenet256_latents
+from diffjax.config.presets import DIT_SIZES, dit_imagenet256_latents
 
 
 def get_config(arg: str | None = None):

@@ -39,7 +39,7 @@ Where diffjax differs on purpose: as configs/imagenet256_dit.py (latents stored 
 sample drawn per step in-graph).
 """
 
-from diffjax.config_presets import DIT_SIZES, dit_imagenet256_latents
+from diffjax.config.presets import DIT_SIZES, dit_imagenet256_latents
 
 
 def get_config(arg: str | None = None):

@@ -16,7 +16,7 @@ chip (459 TFLOP/s) about 510 examples/s per chip. Expected result: EDM reports F
 ImageNet-64 with a U-Net; DiT-XL in pixel space at 64 px has no published number.
 """
 
-from diffjax.config_base import base_config
+from diffjax.config.schema import base_config
 
 SIZES = ("S", "B", "L", "XL")
 

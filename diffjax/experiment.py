@@ -21,17 +21,20 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from diffjax import filesystem as fs
-from diffjax.checkpointing import Checkpointer
-from diffjax.first_stage import model_input_shape
-from diffjax.guidance import CONDITIONAL, classifier_free_guidance
+from diffjax import latents
+from diffjax.diffusion.guidance import CONDITIONAL, classifier_free_guidance
+from diffjax.diffusion.parameterization import ModelFn, get_parameterization, make_score_fn
+from diffjax.diffusion.processes import LinearSDE, get_process
+from diffjax.latents.first_stage import is_diffjax_run
+from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config,
+                                         model_input_shape)
 from diffjax.models import build_model
-from diffjax.optimizer import make_optimizer
 from diffjax.parallel.mesh import create_mesh
 from diffjax.parallel.sharding import rules_from_config
-from diffjax.score import ModelFn, get_parameterization, make_score_fn
-from diffjax.sde import LinearSDE, get_sde
-from diffjax.train_state import ShardedStateSpec, state_spec
+from diffjax.state.optimizer import make_optimizer
+from diffjax.state.train_state import ShardedStateSpec, state_spec
+from diffjax.storage import filesystem as fs
+from diffjax.storage.checkpoints import Checkpointer
 
 
 @dataclasses.dataclass
@@ -80,11 +83,9 @@ def build_experiment(config, devices=None, task: str = "diffusion") -> Experimen
     mesh = create_mesh(config.mesh, devices)
     rules = rules_from_config(config.mesh)
     if task == "autoencoder":
-        from diffjax.latents import build_autoencoder
-
-        model, sde = build_autoencoder(config), None
+        model, sde = latents.build_autoencoder(config), None
     else:
-        model, sde = build_model(config), get_sde(config.sde)
+        model, sde = build_model(config), get_process(config.sde)
     optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
     spec = state_spec(model, optimizer, example_input(config, task), mesh, rules)
     return Experiment(config, mesh, rules, model, sde, optimizer, spec, task)
@@ -102,7 +103,7 @@ def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | N
 
 def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
                  dropout_rng=None, guidance_scale: float = CONDITIONAL) -> ModelFn:
-    """The model function of `params`: a score function with `.predict` (see diffjax.score).
+    """The model function of `params`: a score function with `.predict` (see diffjax.diffusion.parameterization).
 
     It carries the configured parameterisation, input scaling, learned-variance split (DiT's
     learn_sigma) and classifier-free guidance; losses and samplers take it as their score_fn.
@@ -139,3 +140,35 @@ def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int
     # one restore per evaluated checkpoint is cheap next to sampling.
     state, _ = checkpointer.restore(experiment.spec, step)
     return state.ema_params if use_ema else state.params
+
+
+def load_first_stage(config, *, mesh=None):
+    """The configured first stage as a `diffjax.latents.VAE` (config paths resolved)."""
+    path = config.autoencoder.pretrained
+    if not is_diffjax_run(path):
+        if not path or not fs.exists(path):
+            hint = (" (train it first: --mode=train_autoencoder with the same --workdir)"
+                    if path.rstrip("/").endswith(AUTOENCODER_SUBDIR) else
+                    " (a diffusers AutoencoderKL folder, e.g. huggingface-cli download "
+                    "stabilityai/sd-vae-ft-ema --local-dir DIR on a machine with internet)")
+            raise FileNotFoundError(f"No first stage at autoencoder.pretrained={path!r}{hint}.")
+        return latents.vae_from_config(config, mesh=mesh)
+    return _load_diffjax_run(config, path, mesh)
+
+
+def _load_diffjax_run(config, run: str, mesh):
+    ae_config = autoencoder_training_config(config)
+    experiment = build_experiment(ae_config, task="autoencoder")
+    checkpointer = Checkpointer(run, async_save=False, max_to_keep=None, create=False)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"The first-stage run {run} has no checkpoint; train it "
+                                    f"with --mode=train_autoencoder.")
+        state, _ = checkpointer.restore(experiment.spec, step)
+    finally:
+        checkpointer.close()
+    scale, shift = latents.latent_scale_shift(config)
+    return latents.VAE(experiment.model, jax.device_get(state.ema_params), scale=scale,
+                       shift=shift, mesh=mesh, batch_size=config.autoencoder.batch_size,
+                       name=f"diffjax first stage {run} (step {step})")

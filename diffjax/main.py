@@ -24,7 +24,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from diffjax import preemption  # noqa: E402  (imports nothing heavy)
+from diffjax.runtime import preemption  # noqa: E402  (imports nothing heavy)
 
 # Covers start-up: a SIGTERM that arrives while libraries import or the step compiles is
 # remembered, and training stops cleanly at its first chance instead of dying with -15.
@@ -33,8 +33,9 @@ preemption.install()
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffjax import cli_errors, modes  # noqa: E402
-
+from diffjax import modes  # noqa: E402
+from diffjax.config import unknown_config_key  # noqa: E402
+from diffjax.runtime import cli  # noqa: E402
 
 
 def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_errors.run_main(main)
+    cli.run_main(main, unknown_config_key)

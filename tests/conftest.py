@@ -13,9 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_configure(config):
-    from diffjax import runtime
+    from diffjax.runtime import xla
 
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes import LinearProcess as LinearSDE
-from diffjax.score import Prediction
+from diffjax.diffusion.parameterization import Prediction
+from diffjax.diffusion.processes import LinearProcess as LinearSDE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,7 +89,7 @@ class GaussianMixture:
         return lambda x, t: self.score(sde, x, t)
 
     def predict(self, sde: LinearSDE, x: jax.Array, t) -> Prediction:
-        """Exact E[x0 | x_t], E[eps | x_t] and score, in diffjax.score's Prediction form."""
+        """Exact E[x0 | x_t], E[eps | x_t] and score, in diffjax.diffusion.parameterization's Prediction form."""
         log_weighted, precision_resid, x0_k = self._component_terms(sde, x, t, posterior=True)
         resp = jax.nn.softmax(log_weighted, axis=-1)
         score = jnp.reshape(-jnp.einsum("bk,bkd->bd", resp, precision_resid), x.shape)
@@ -132,7 +132,7 @@ class GaussianMixture:
 
 
 class ExactModel:
-    """A perfectly trained network for `sde`: what `diffjax.score.ModelFn` gives, exactly."""
+    """A perfectly trained network for `sde`: what `diffjax.diffusion.parameterization.ModelFn` gives, exactly."""
 
     def __init__(self, mixture: GaussianMixture, sde: LinearSDE):
         self.mixture, self.sde = mixture, sde

@@ -16,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from safetensors.numpy import load_file, save_file
 
-from conftest import REPO
-from diffjax.config_base import base_config
-from diffjax.latents import (AutoencoderKL, autoencoder_loss, build_autoencoder,
+from diffjax.config.schema import base_config
+from diffjax.latents import (AutoencoderKL, autoencoder_loss, build_autoencoder, diffusers_weights,
                              kl_to_standard_normal, load_vae, reconstruct, save_diffusers_folder)
-from diffjax.latents import diffusers_weights
 from diffjax.latents.vae import params_fingerprint
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -244,10 +243,10 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
     import json, sys
     import jax, numpy as np
     from jax.sharding import Mesh
-    from diffjax import runtime
+    from diffjax.runtime import xla
     from diffjax.latents import load_vae
 
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     folder, reference = sys.argv[1], np.load(sys.argv[2])
     devices = np.asarray(jax.devices())
     one = load_vae(folder, Mesh(devices[:1].reshape(1, 1, 1), ("data", "fsdp", "tensor")))
@@ -354,14 +353,14 @@ def test_autoencoder_loss_samples_the_posterior(tiny):
 
 
 def test_first_stage_trains_with_diffjax_state(tiny):
-    """The module fits diffjax.train_state unchanged (`init(rng, x, train=False)`, logical axes);
+    """The module fits diffjax.state.train_state unchanged (`init(rng, x, train=False)`, logical axes);
     a few Adam steps of `autoencoder_loss` on digits halve it and move every parameter.
     (The state's own jitted init is not compiled here: it costs tens of seconds on a CPU.)"""
     import optax
     from sklearn.datasets import load_digits
 
     from diffjax.parallel.mesh import create_mesh
-    from diffjax.train_state import state_spec
+    from diffjax.state.train_state import state_spec
 
     module, _, _ = tiny
     config = tiny_config()

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
-from diffjax.config_base import base_config
+
+from diffjax.config.schema import base_config
 from diffjax.models import build_model
 
 SECTION_ORDER = ["data", "model", "autoencoder", "sde", "training", "optim", "sampling", "eval",
@@ -98,7 +98,7 @@ def test_config_schema_and_model(name, arg):
 def network_input_shape(config):
     """Images, or for a latent config the latents of its VAE (the SD-VAE architecture in the
     config, so that no pretrained folder is needed: 256 px -> 32x32x4)."""
-    from diffjax.first_stage import model_input_shape
+    from diffjax.latents.latent_mode import model_input_shape
 
     if config.data.latent_dir:
         config = config.copy_and_resolve_references()
@@ -109,8 +109,8 @@ def network_input_shape(config):
 def test_latent_imagenet_configs_build_with_a_diffusers_vae():
     """imagenet256_dit/sit as built for training, with the tiny diffusers VAE fixture in place of
     the SD-VAE folder and a tiny network: the experiment, its process and sampler validate."""
-    from diffjax.config_validation import trace_sampler
     from diffjax.experiment import build_experiment
+    from diffjax.modes.preflight import trace_sampler
 
     for name in ("imagenet256_dit.py", "imagenet256_sit.py"):
         config = load(name).get_config("S")

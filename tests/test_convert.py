@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -180,7 +179,7 @@ def test_edm_augmentation_layer_is_carried():
     """EDM's map_augment (random in the fixture) becomes augment_embedding: the outputs above
     feed it no labels, as diffjax feeds it zeros, so its weights are compared directly."""
     from diffjax.convert import convert_params, load
-    from diffjax.torch_files import module_state
+    from diffjax.storage.torch_files import module_state
 
     path = os.path.join(FIXTURES, "edm_ddpmpp_cond.pkl")
     _, params, ema, _ = convert_params("edm", path, make_config("edm_ddpmpp_cond"))
@@ -264,7 +263,7 @@ def test_converted_checkpoint_fine_tunes(converted_vp, tmp_path):
     writes its sample grid; sampling modes restore it as the CLI test above does."""
     import shutil
 
-    from diffjax.checkpointing import Checkpointer
+    from diffjax.storage.checkpoints import Checkpointer
     from diffjax.training.loop import train
 
     source, _ = converted_vp
@@ -289,7 +288,7 @@ def test_converted_checkpoint_fine_tunes(converted_vp, tmp_path):
 
 def test_pickles_never_run_code(tmp_path):
     """An EDM-style pickle whose globals would run code yields inert stand-ins instead."""
-    from diffjax.torch_files import PickledObject, load_plain_pickle
+    from diffjax.storage.torch_files import PickledObject, load_plain_pickle
 
     marker = tmp_path / "ran"
 

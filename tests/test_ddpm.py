@@ -16,15 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gaussian_mixture import GaussianMixture, two_d_mixture
 
-from diffjax.processes import DiscreteDDPM
-from diffjax.processes.ddpm import space_timesteps
+from diffjax.diffusion.parameterization import make_score_fn
+from diffjax.diffusion.processes import DiscreteDDPM
+from diffjax.diffusion.processes.ddpm import space_timesteps
 from diffjax.sampling import ddim, ddpm
 from diffjax.sampling.ddim_sampler import ddim_step
 from diffjax.sampling.ddpm_sampler import ancestral_loop, ddpm_coefficients
 from diffjax.sampling.time_grids import time_grid
-from diffjax.score import make_score_fn
-from gaussian_mixture import GaussianMixture, two_d_mixture
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                        "ddpm_reference.npz")

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from diffjax.processes import DiscreteDDPM, VPSDE
-from diffjax.sampling import dpm_solver
 from gaussian_mixture import two_d_mixture
+
+from diffjax.diffusion.processes import VPSDE, DiscreteDDPM
+from diffjax.sampling import dpm_solver
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                        "dpm_solver_reference.npz")

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from diffjax.processes import EDMProcess, VESDE, VPSDE
-from diffjax.sampling import SAMPLERS, edm_heun
-from diffjax.score import make_score_fn
 from gaussian_mixture import two_d_mixture
 from test_samplers import CountingScore
+
+from diffjax.diffusion.parameterization import make_score_fn
+from diffjax.diffusion.processes import VESDE, VPSDE, EDMProcess
+from diffjax.sampling import SAMPLERS, edm_heun
 
 MIXTURE = two_d_mixture()
 

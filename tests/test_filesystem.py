@@ -1,4 +1,4 @@
-"""Every file diffjax writes into a workdir goes through `diffjax.filesystem`, so gs:// works.
+"""Every file diffjax writes into a workdir goes through `diffjax.storage.filesystem`, so gs:// works.
 
 The gs:// tests run diffjax's own writers (reports, sample chunks, grids, the config record, the
 workdir lock) against a fake object store: etils' `mock_epath` routes every gs:// operation of
@@ -16,7 +16,6 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 
@@ -50,7 +49,7 @@ def fake_gcs(root):
 
 
 def test_the_path_layer_round_trips_on_a_fake_bucket(tmp_path):
-    from diffjax import filesystem as fs
+    from diffjax.storage import filesystem as fs
 
     with fake_gcs(tmp_path):
         path = fs.join("gs://bucket/run", "eval", "6", "report.json")
@@ -67,9 +66,9 @@ def test_the_path_layer_round_trips_on_a_fake_bucket(tmp_path):
 
 
 def test_reports_chunks_grids_and_config_record_work_on_gs(tmp_path, digits_config):
-    from diffjax import filesystem as fs
-    from diffjax import images, workdir
     from diffjax.evaluation.reports import ReportStore
+    from diffjax.outputs import images
+    from diffjax.storage import filesystem as fs, workdir
 
     run = "gs://bucket/run"
     with fake_gcs(tmp_path):
@@ -91,7 +90,7 @@ def test_reports_chunks_grids_and_config_record_work_on_gs(tmp_path, digits_conf
 
 
 def test_the_workdir_lock_works_on_an_object_store(tmp_path, monkeypatch):
-    from diffjax import workdir_lock
+    from diffjax.storage import workdir_lock
 
     monkeypatch.setattr(workdir_lock, "_OBJECT_STORE_SETTLE_S", 0.0)
     with fake_gcs(tmp_path):
@@ -103,11 +102,11 @@ def test_the_workdir_lock_works_on_an_object_store(tmp_path, monkeypatch):
 
 # Modules that may touch local files directly, and why.
 LOCAL_ONLY = {
-    "diffjax/filesystem.py": "the path layer itself",
-    "diffjax/workdir_lock.py": "O_EXCL creation and /proc checks exist only on local disks",
-    "diffjax/workdir.py": "free-space and file-type checks of local disks",
-    "diffjax/local_processes.py": "reads /proc",
-    "diffjax/torch_files.py": "reads a local .pt file given by the user",
+    "diffjax/storage/filesystem.py": "the path layer itself",
+    "diffjax/storage/workdir_lock.py": "O_EXCL creation and /proc checks exist only on local disks",
+    "diffjax/storage/workdir.py": "free-space and file-type checks of local disks",
+    "diffjax/runtime/local_processes.py": "reads /proc",
+    "diffjax/storage/torch_files.py": "reads a local .pt file given by the user",
     "diffjax/evaluation/inception_weights.py": "the weights cache in the home directory",
     "diffjax/evaluation/fetch_weights.py": "pip",
     "diffjax/parallel/peers.py": "reads the local checkpoint listing after a lost process",
@@ -133,4 +132,4 @@ def test_no_module_bypasses_the_path_layer():
                 code = line.split("#", 1)[0]
                 if FORBIDDEN.search(code):
                     offenders.append(f"{path}:{number}: {line.strip()}")
-    assert not offenders, "file operations outside diffjax.filesystem:\n" + "\n".join(offenders)
+    assert not offenders, "file operations outside diffjax.storage.filesystem:\n" + "\n".join(offenders)

@@ -14,11 +14,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from diffjax.processes import RectifiedFlow
-from diffjax.sampling import SAMPLERS, sit_sde
-from diffjax.score import make_score_fn
 from gaussian_mixture import two_d_mixture
+
+from diffjax.diffusion.parameterization import make_score_fn
+from diffjax.diffusion.processes import RectifiedFlow
+from diffjax.sampling import SAMPLERS, sit_sde
 
 FLOW = RectifiedFlow()
 MIXTURE = two_d_mixture()

@@ -7,14 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
-from diffjax.guidance import classifier_free_guidance, grid_labels
+from diffjax.diffusion.guidance import classifier_free_guidance, grid_labels
+from diffjax.diffusion.parameterization import make_score_fn
+from diffjax.diffusion.processes import VPSDE
 from diffjax.models.unet import UNet
 from diffjax.sampling.sde_solvers import euler_maruyama
-from diffjax.score import make_score_fn
-from diffjax.sde import VPSDE
 
 NUM_CLASSES = 10
 

@@ -21,7 +21,7 @@ from diffjax.evaluation import inception_weights
 from diffjax.evaluation.inception import bilinear_resize_matrix, inception_features
 from diffjax.evaluation.inception_network import expected_param_shapes
 from diffjax.evaluation.inception_weights import MISSING_WEIGHTS_MESSAGE, load_inception_params
-from diffjax.torch_files import load_torch_checkpoint
+from diffjax.storage.torch_files import load_torch_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "inception_reference.npz"

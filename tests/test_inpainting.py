@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gaussian_mixture import GaussianMixture
 from scipy.integrate import solve_ivp
 
+from diffjax.diffusion.processes import VESDE, VPSDE, SubVPSDE
 from diffjax.sampling.inpainting import inpaint
 from diffjax.sampling.time_grids import resolve_eps
-from diffjax.sde import SubVPSDE, VESDE, VPSDE
-from gaussian_mixture import GaussianMixture
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 MU = np.array([0.5, -0.3])

@@ -9,16 +9,16 @@ import grain
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO
-from diffjax import filesystem
-from diffjax.config_base import base_config
+
+from diffjax.config.schema import base_config
 from diffjax.data.pipeline import DataError
-from diffjax.latents import (LatentSource, build_autoencoder, check_latent_metadata, finalize,
-                             make_plan, read_latent_batch, read_metadata, sample_model_latents,
+from diffjax.latents import (LatentSource, build_autoencoder, check_latent_metadata,
+                             diffusers_weights, finalize, make_plan, preprocessing,
+                             read_latent_batch, read_metadata, records, sample_model_latents,
                              write_shards)
-from diffjax.latents import diffusers_weights, preprocessing, records
 from diffjax.latents.vae import VAE
+from diffjax.storage import filesystem
 
 NUM_EXAMPLES = 30
 SHARD = 8  # 4 shards: 8, 8, 8, 6 examples

@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from diffjax.likelihood import bits_per_dim, bpd_offset, dequantize, likelihood_fn
-from diffjax.processes import (
-    CosineVP, DiscreteDDPM, EDMProcess, RectifiedFlow, SubVPSDE, VESDE, VPSDE,
-)
 from gaussian_mixture import GaussianMixture, two_d_mixture
+
+from diffjax.diffusion.processes import (VESDE, VPSDE, CosineVP, DiscreteDDPM, EDMProcess,
+                                         RectifiedFlow, SubVPSDE)
+from diffjax.evaluation.likelihood import bits_per_dim, bpd_offset, dequantize, likelihood_fn
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 MIXTURE = two_d_mixture()

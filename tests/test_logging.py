@@ -11,7 +11,6 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 
 
@@ -48,7 +47,7 @@ def test_every_scalar_is_written_once_per_logged_step(logged_run):
 
 
 def test_the_learning_rate_follows_the_configured_schedule(logged_run, digits_config):
-    from diffjax.optimizer import learning_rate_schedule
+    from diffjax.state.optimizer import learning_rate_schedule
 
     workdir, _ = logged_run
     config = digits_config("test")
@@ -61,7 +60,7 @@ def test_the_learning_rate_follows_the_configured_schedule(logged_run, digits_co
 
 @pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
 def test_schedules_warm_up_then_reach_their_end_value(name, digits_config):
-    from diffjax.optimizer import learning_rate_schedule
+    from diffjax.state.optimizer import learning_rate_schedule
 
     optim = digits_config("test").optim
     optim.lr, optim.warmup_steps, optim.schedule, optim.min_lr_ratio = 1e-3, 10, name, 0.1
@@ -78,7 +77,7 @@ def test_schedules_warm_up_then_reach_their_end_value(name, digits_config):
 
 
 def test_a_decay_schedule_needs_room_after_the_warm_up(digits_config):
-    from diffjax.optimizer import learning_rate_schedule
+    from diffjax.state.optimizer import learning_rate_schedule
 
     optim = digits_config("test").optim
     optim.schedule, optim.warmup_steps = "cosine", 100
@@ -120,7 +119,7 @@ def test_the_wandb_writer_logs_scalars_images_and_the_config(digits_config, monk
     fake.init = lambda **kwargs: calls["init"].append(kwargs) or Run()
     fake.Image = lambda array: ("image", np.asarray(array).shape)
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    from diffjax.metric_writers import create_writer
+    from diffjax.outputs.metric_writers import create_writer
 
     config = digits_config("test")
     config.training.wandb_project, config.training.wandb_mode = "diffjax-tests", "offline"
@@ -139,7 +138,7 @@ def test_the_wandb_writer_logs_scalars_images_and_the_config(digits_config, monk
 
 def test_wandb_without_the_package_is_one_clear_error(digits_config, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)
-    from diffjax.metric_writers import create_writer
+    from diffjax.outputs.metric_writers import create_writer
 
     config = digits_config("test")
     config.training.wandb_project = "x"
@@ -162,7 +161,7 @@ def _closed_loop_wakeup() -> types.SimpleNamespace:
 
 
 def test_only_wakeups_of_a_closed_event_loop_are_dropped_from_unraisables(monkeypatch):
-    from diffjax import logs
+    from diffjax.runtime import logs
 
     shown = []
     monkeypatch.delenv("DIFFJAX_TRACEBACK", raising=False)
@@ -185,7 +184,7 @@ def test_asyncio_errors_of_a_failed_save_keep_one_line():
     import asyncio
     import logging
 
-    from diffjax import logs
+    from diffjax.runtime import logs
 
     try:
         raise ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device")

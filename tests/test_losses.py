@@ -11,16 +11,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from diffjax.losses import ddpm_vb_term, diffusion_loss, dsm_loss, loss_options, sample_times
-from diffjax.processes import (
-    CosineVP, DiscreteDDPM, EDMProcess, RectifiedFlow, SubVPSDE, VESDE, VPSDE,
-)
-from diffjax.score import (
-    PARAMETERIZATIONS, Prediction, coefficients, get_parameterization, make_score_fn,
-    noise_conditioning,
-)
 from gaussian_mixture import two_d_mixture
+
+from diffjax.diffusion.losses import (ddpm_vb_term, diffusion_loss, dsm_loss, loss_options,
+                                      sample_times)
+from diffjax.diffusion.parameterization import (PARAMETERIZATIONS, Prediction, coefficients,
+                                                get_parameterization, make_score_fn,
+                                                noise_conditioning)
+from diffjax.diffusion.processes import (VESDE, VPSDE, CosineVP, DiscreteDDPM, EDMProcess,
+                                         RectifiedFlow, SubVPSDE)
 
 DATA_STD = 0.6
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -207,7 +206,7 @@ def test_noise_conditioning_per_process():
 
 
 def test_loss_options_from_config():
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
 
     options = loss_options(base_config().training)
     assert options == dict(eps=1e-5, likelihood_weighting=False, reduce_mean=False,
@@ -270,7 +269,7 @@ def test_ema_warmup_reaches_the_configured_decay():
 
 
 def test_bits_helpers_match_closed_forms():
-    from diffjax.losses import discretized_gaussian_log_likelihood, normal_kl
+    from diffjax.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 
     # KL of identical Gaussians is 0; of N(1, 1) to N(0, 1) is 1/2.
     assert float(normal_kl(0.0, 0.0, 0.0, 0.0)) == 0.0

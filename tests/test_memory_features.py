@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import run_cli
 
 VARIANTS = {"unet": "test", "dit": "test,dit"}
@@ -64,16 +63,16 @@ def fixed_batch(config) -> dict:
 def build(config):
     import flax.linen as nn
 
+    from diffjax.diffusion.processes import get_process
+    from diffjax.experiment import example_input
     from diffjax.models import build_model
     from diffjax.parallel.mesh import create_mesh
     from diffjax.parallel.sharding import rules_from_config
-    from diffjax.sde import get_sde
-    from diffjax.experiment import example_input
-    from diffjax.train_state import create_state, state_spec
+    from diffjax.state.train_state import create_state, state_spec
 
     mesh = create_mesh(config.mesh, jax.devices()[:1])
     rules = rules_from_config(config.mesh)
-    model, sde, probe = build_model(config), get_sde(config.sde), gradient_probe()
+    model, sde, probe = build_model(config), get_process(config.sde), gradient_probe()
     spec = state_spec(model, probe, example_input(config), mesh, rules)
     state = create_state(model, probe, example_input(config), config.seed, spec)
     # Away from the initialisation, whose zero output layer gives every network the same loss.
@@ -158,7 +157,7 @@ def manual_loss_and_grad(config, microbatches: int):
     loss keys; microbatch i (rows i::k) uses fold_in(loss_key, i) when k > 1, the loss key itself
     when k == 1.
     """
-    from diffjax import losses
+    from diffjax.diffusion import losses
     from diffjax.experiment import score_fn_for
     from diffjax.training.objectives import model_input
 

@@ -16,13 +16,13 @@ import textwrap
 
 import ml_collections
 import pytest
-
 from conftest import REPO
+
 from diffjax.parallel.mesh import MeshError, resolve_axis_sizes
 
 
 def mesh_config(**sizes) -> ml_collections.ConfigDict:
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
 
     config = base_config().mesh
     for axis, size in sizes.items():
@@ -83,7 +83,7 @@ def test_dcn_sizes_are_never_inferred(dcn):
 MESHES_SCRIPT = r"""
     import json, sys
     import jax
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
     from diffjax.parallel.mesh import MeshError, create_mesh
 
     def build(**sizes):
@@ -138,7 +138,7 @@ DCN_SCRIPT = r"""
     from diffjax.parallel import distributed
     distributed.initialize_from_environment()
     import jax
-    from diffjax.config_base import base_config
+    from diffjax.config.schema import base_config
     from diffjax.parallel.mesh import create_mesh
 
     config = base_config().mesh
@@ -195,7 +195,7 @@ FSDP_SCRIPT = r"""
     import jax
     from diffjax.parallel.sharding import per_device_bytes
     from diffjax.experiment import build_experiment, example_input
-    from diffjax.train_state import create_state
+    from diffjax.state.train_state import create_state
 
     spec = importlib.util.spec_from_file_location(
         "cfg", os.path.join(sys.argv[1], "configs", "digits.py"))
@@ -235,7 +235,7 @@ def test_fsdp_divides_state_memory(fsdp_memory, variant, fsdp):
 RESHARD_SCRIPT = r"""
     import importlib.util, json, os, sys
     import jax, numpy as np
-    from diffjax.checkpointing import Checkpointer
+    from diffjax.storage.checkpoints import Checkpointer
     from diffjax.experiment import build_experiment
     from diffjax.training.loop import train
 

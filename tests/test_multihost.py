@@ -21,7 +21,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 
 VARIANT = "test,dit"
@@ -72,8 +71,8 @@ def restore_final_state(digits_config, workdir: str):
     """The final checkpoint restored onto this process's single device (every leaf must load)."""
     import jax
 
-    from diffjax.checkpointing import Checkpointer
     from diffjax.experiment import build_experiment
+    from diffjax.storage.checkpoints import Checkpointer
 
     config = digits_config(VARIANT)
     config.mesh.data, config.mesh.fsdp = 1, 1

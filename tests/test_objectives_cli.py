@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-
 import re
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from diffjax.config_base import base_config
 from test_configs import flat_keys, load
+
+from diffjax.config.schema import base_config
 
 VARIANTS = ["edm", "flow", "ddpm", "sde=cosine", "edm,cond,dit", "flow,cond", "ddpm,dit",
             "test,ddpm,cond,dit"]

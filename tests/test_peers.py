@@ -13,8 +13,8 @@ import sys
 import jax
 import pytest
 
-from diffjax.checkpointing import CheckpointSaveError
 from diffjax.parallel import peers
+from diffjax.storage.checkpoints import CheckpointSaveError
 
 
 @pytest.fixture

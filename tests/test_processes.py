@@ -12,10 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffjax.processes import (
-    PROCESSES, CosineVP, DiscreteDDPM, EDMProcess, LinearProcess, RectifiedFlow, SubVPSDE, VPSDE,
-    get_process,
-)
+from diffjax.diffusion.processes import (PROCESSES, VPSDE, CosineVP, DiscreteDDPM, EDMProcess,
+                                         LinearProcess, RectifiedFlow, SubVPSDE, get_process)
 from diffjax.sampling.time_grids import resolve_eps, time_grid
 
 ALL = {name: cls() for name, cls in PROCESSES.items()}

@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 
 TEST_CONFIG = "--config=configs/digits.py:test"
@@ -66,7 +65,7 @@ def copy_of(trained, tmp_path):
 # --- one writer per workdir -------------------------------------------------------------------
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
-    from diffjax.workdir_lock import WorkdirBusyError, WorkdirLock
+    from diffjax.storage.workdir_lock import WorkdirBusyError, WorkdirLock
 
     with WorkdirLock(str(tmp_path)):
         with pytest.raises(WorkdirBusyError) as error:
@@ -86,7 +85,7 @@ def _write_lock(path, **fields):
 
 
 def test_stale_locks_of_dead_processes_are_reclaimed_with_a_message(tmp_path, caplog):
-    from diffjax.workdir_lock import WorkdirLock
+    from diffjax.storage.workdir_lock import WorkdirLock
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -98,7 +97,7 @@ def test_stale_locks_of_dead_processes_are_reclaimed_with_a_message(tmp_path, ca
 
 
 def test_locks_of_other_hosts_expire_by_heartbeat(tmp_path):
-    from diffjax.workdir_lock import STALE_AFTER_S, WorkdirBusyError, WorkdirLock
+    from diffjax.storage.workdir_lock import STALE_AFTER_S, WorkdirBusyError, WorkdirLock
 
     path = tmp_path / ".diffjax.lock"
     _write_lock(path, host="another-host", pid=1)
@@ -110,7 +109,7 @@ def test_locks_of_other_hosts_expire_by_heartbeat(tmp_path):
 
 
 def test_a_recycled_pid_does_not_keep_a_lock(tmp_path):
-    from diffjax.workdir_lock import WorkdirLock
+    from diffjax.storage.workdir_lock import WorkdirLock
 
     # This process is alive, but the record says it started at another time: a recycled pid.
     _write_lock(tmp_path / ".diffjax.lock", pid=os.getpid(), process_start="1")
@@ -119,7 +118,7 @@ def test_a_recycled_pid_does_not_keep_a_lock(tmp_path):
 
 
 def test_the_heartbeat_refreshes_the_lock(tmp_path, monkeypatch):
-    from diffjax import workdir_lock
+    from diffjax.storage import workdir_lock
 
     monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
     with workdir_lock.WorkdirLock(str(tmp_path)):
@@ -189,7 +188,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_resumes_from_th
 
 def test_a_killed_runs_partial_save_is_cleared_by_the_next_training_run_only(trained,
                                                                           digits_config, tmp_path):
-    from diffjax.checkpointing import Checkpointer
+    from diffjax.storage.checkpoints import Checkpointer
     from diffjax.training.loop import train
 
     workdir = copy_of(trained, tmp_path)
@@ -205,7 +204,7 @@ def test_a_killed_runs_partial_save_is_cleared_by_the_next_training_run_only(tra
 
 def test_no_readable_checkpoint_stops_with_the_folder_and_the_fix(trained, digits_config,
                                                                     tmp_path):
-    from diffjax.checkpointing import CheckpointError
+    from diffjax.storage.checkpoints import CheckpointError
     from diffjax.training.loop import train
 
     workdir = copy_of(trained, tmp_path)
@@ -221,7 +220,7 @@ def test_no_readable_checkpoint_stops_with_the_folder_and_the_fix(trained, digit
 def test_a_checkpoint_of_another_config_names_the_parameter_and_the_keys(trained,
                                                                           digits_config,
                                                                           tmp_path):
-    from diffjax.checkpointing import CheckpointMismatchError
+    from diffjax.storage.checkpoints import CheckpointMismatchError
     from diffjax.training.loop import train
 
     workdir = copy_of(trained, tmp_path)
@@ -265,8 +264,8 @@ def test_bad_configs_fail_before_data_or_compilation(tmp_path, override, expecte
 
 
 def test_a_conditional_model_on_data_without_labels_is_an_error(digits_config, monkeypatch):
-    from diffjax import config_validation
     from diffjax import data as data_lib
+    from diffjax.modes import preflight
 
     class Unlabelled:
         class info:
@@ -275,8 +274,8 @@ def test_a_conditional_model_on_data_without_labels_is_an_error(digits_config, m
 
     monkeypatch.setattr(data_lib, "dataset_builder", lambda data_config: Unlabelled)
     config = digits_config("test,cond")
-    with pytest.raises(config_validation.ConfigError, match="needs class labels.*has none"):
-        config_validation.check_data(config, "train")
+    with pytest.raises(preflight.ConfigError, match="needs class labels.*has none"):
+        preflight.check_data(config, "train")
 
 
 # --- disk and path faults ----------------------------------------------------------------------
@@ -295,7 +294,7 @@ def test_a_failed_save_keeps_older_checkpoints_and_is_one_line(trained, digits_c
     """Fault injection in-process: Orbax's save raises ENOSPC for the step-9 checkpoint."""
     import orbax.checkpoint as ocp
 
-    from diffjax.checkpointing import CheckpointSaveError
+    from diffjax.storage.checkpoints import CheckpointSaveError
     from diffjax.training.loop import train
 
     workdir = copy_of(trained, tmp_path)

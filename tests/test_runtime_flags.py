@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from diffjax import runtime
+from diffjax.runtime import xla
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN_REDUCE = "--xla_cpu_experimental_ynn_fusion_type=reduce"
@@ -16,9 +16,9 @@ YNN_REDUCE = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 def test_user_flags_win_and_defaults_fill_in():
     defaults = (YNN_REDUCE, "--xla_cpu_foo=1")
-    assert runtime.merge_xla_flags("", defaults) == f"{YNN_REDUCE} --xla_cpu_foo=1"
+    assert xla.merge_xla_flags("", defaults) == f"{YNN_REDUCE} --xla_cpu_foo=1"
     # Another flag of the user's is kept, after the defaults; the same flag (any value) wins.
-    merged = runtime.merge_xla_flags("--xla_force_host_platform_device_count=8 "
+    merged = xla.merge_xla_flags("--xla_force_host_platform_device_count=8 "
                                      "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
                                      defaults)
     assert merged.split() == ["--xla_cpu_foo=1", "--xla_force_host_platform_device_count=8",
@@ -26,17 +26,17 @@ def test_user_flags_win_and_defaults_fill_in():
 
 
 def test_defaults_are_per_jaxlib_and_can_be_switched_off(monkeypatch):
-    monkeypatch.delenv(runtime.XLA_CPU_DEFAULTS_ENV_VAR, raising=False)
-    assert runtime.default_xla_flags("0.10.2") == (YNN_REDUCE,)
-    assert runtime.default_xla_flags("0.0.1") == ()  # unmeasured jaxlib: XLA's own defaults
-    monkeypatch.setenv(runtime.XLA_CPU_DEFAULTS_ENV_VAR, "off")
-    assert runtime.default_xla_flags("0.10.2") == ()
+    monkeypatch.delenv(xla.XLA_CPU_DEFAULTS_ENV_VAR, raising=False)
+    assert xla.default_xla_flags("0.10.2") == (YNN_REDUCE,)
+    assert xla.default_xla_flags("0.0.1") == ()  # unmeasured jaxlib: XLA's own defaults
+    monkeypatch.setenv(xla.XLA_CPU_DEFAULTS_ENV_VAR, "off")
+    assert xla.default_xla_flags("0.10.2") == ()
 
 
 PROBE = r"""
 import json, os, sys
-from diffjax import runtime
-runtime.enable_compilation_cache(os.environ["PROBE_CACHE"])  # applies the flags too
+from diffjax.runtime import xla
+xla.enable_compilation_cache(os.environ["PROBE_CACHE"])  # applies the flags too
 import jax, jax.numpy as jnp, numpy as np
 
 out = {"xla_flags": os.environ.get("XLA_FLAGS", "")}
@@ -97,7 +97,7 @@ print("RESULT " + json.dumps(out))
 
 def probe(tmp_path, **env):
     environment = {k: v for k, v in os.environ.items()
-                   if k not in ("XLA_FLAGS", runtime.XLA_CPU_DEFAULTS_ENV_VAR)}
+                   if k not in ("XLA_FLAGS", xla.XLA_CPU_DEFAULTS_ENV_VAR)}
     environment.update(PYTHONPATH=REPO, PROBE_CACHE=str(tmp_path / "cache"), **env)
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=environment,
                             capture_output=True, text=True, timeout=600)
@@ -106,7 +106,7 @@ def probe(tmp_path, **env):
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.skipif(not runtime.default_xla_flags(), reason="no diffjax XLA flags on this jaxlib")
+@pytest.mark.skipif(not xla.default_xla_flags(), reason="no diffjax XLA flags on this jaxlib")
 def test_flags_apply_before_jax_starts_and_change_only_float_rounding(tmp_path):
     with_flags = probe(tmp_path)
     without = probe(tmp_path, DIFFJAX_XLA_CPU_DEFAULTS="off")

@@ -19,15 +19,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from gaussian_mixture import two_d_mixture
 from jax.experimental import io_callback
 
-from diffjax.sampling import (
-    CONFIG_DEFAULTS, SAMPLER_OPTIONS, SAMPLERS, SampleResult, sample, sampler_options,
-)
+from diffjax.diffusion.processes import VESDE, VPSDE, SubVPSDE
+from diffjax.sampling import (CONFIG_DEFAULTS, SAMPLER_OPTIONS, SAMPLERS, SampleResult, sample,
+                              sampler_options)
 from diffjax.sampling.sde_solvers import forward_transition
-from diffjax.processes import SubVPSDE, VESDE, VPSDE
 from diffjax.sampling.time_grids import noise_to_signal, resolve_eps, time_grid
-from gaussian_mixture import two_d_mixture
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -156,7 +155,7 @@ PROCESS_CASES = [
 @pytest.mark.parametrize("process_name,name,options", PROCESS_CASES,
                          ids=[f"{p}-{s}-{len(o)}" for p, s, o in PROCESS_CASES])
 def test_samplers_reproduce_mixture_on_every_process(process_name, name, options):
-    from diffjax.processes import PROCESSES
+    from diffjax.diffusion.processes import PROCESSES
 
     process = PROCESSES[process_name]()
     result = run_sampler(name, process, 10_000, score_fn=MIXTURE.model_fn(process), **options)
@@ -340,7 +339,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from diffjax.sampling import SAMPLERS, SampleResult
-    from diffjax.processes import VPSDE, VESDE
+    from diffjax.diffusion.processes import VPSDE, VESDE
     from gaussian_mixture import two_d_mixture
 
     assert jax.device_count() == 8

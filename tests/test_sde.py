@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffjax.sde import SDES, SubVPSDE, VESDE, VPSDE
+from diffjax.diffusion.processes import PROCESSES, VESDE, VPSDE, SubVPSDE
 
 ALL = [VPSDE(), SubVPSDE(), VESDE()]
 TIMES = jnp.array([1e-5, 1e-3, 0.1, 0.5, 0.9, 1.0])
@@ -108,5 +108,5 @@ def test_drifts_with_the_exact_score_of_a_gaussian(sde):
 
 
 def test_registry_names():
-    assert {name: cls.name for name, cls in SDES.items()} == {
+    assert {name: cls.name for name, cls in PROCESSES.items()} == {
         name: name for name in ("vp", "subvp", "ve", "cosine", "ddpm", "flow", "edm")}

@@ -7,17 +7,16 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO
 
 SCRIPT = textwrap.dedent(r"""
     import importlib.util, json, os, sys
     import jax, numpy as np
     from jax.sharding import PartitionSpec
-    from diffjax import runtime
+    from diffjax.runtime import xla
     from diffjax.training.loop import train
 
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(sys.argv[1], "configs/digits.py"))
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
     variant, mesh_sizes, workdir = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]

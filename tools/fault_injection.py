@@ -56,8 +56,8 @@ def final_leaves(config: str, workdir: str, step: int) -> dict[str, np.ndarray]:
 
     import jax
 
-    from diffjax.checkpointing import Checkpointer
     from diffjax.experiment import build_experiment
+    from diffjax.storage.checkpoints import Checkpointer
 
     path, _, arg = config.partition(":")
     spec = importlib.util.spec_from_file_location("config", os.path.join(REPO, path))

@@ -10,9 +10,12 @@ restore unchanged and `--mode=train` fine-tunes. Sources (`SOURCES`):
 - `dit`: facebookresearch/DiT `DiT-XL-2-256x256.pt` / `-512x512.pt` (EMA weights -> both, step 0);
 - `edm`: NVlabs/edm network pickles of SongUNet (DDPM++/NCSN++) networks (EMA -> both, step 0);
 - `sit`: willisma/SiT `SiT-XL-2-256x256.pt` (DiT's format; flow-matching velocity, step 0).
-No torch at run time: files are read with `diffjax.torch_files`. The checkpoint must hold the
+No torch at run time: files are read with `diffjax.storage.torch_files`. The checkpoint must hold the
 network the config builds; otherwise the conversion stops before writing, naming the first
 parameter whose name or shape differs and the config keys that decide it.
+
+Imports: experiment (the network a config builds, its state spec), models, config, state,
+storage, runtime.
 """
 
 from __future__ import annotations
@@ -23,11 +26,10 @@ import pickle
 import zipfile
 from typing import Any, Callable
 
-from diffjax import filesystem
-from diffjax import workdir as workdir_lib
 from diffjax.convert import dit, edm, score_sde
 from diffjax.convert.target import Target, build_target, check_empty, write_checkpoint
-from diffjax.workdir_lock import WorkdirLock
+from diffjax.storage import filesystem, workdir as workdir_lib
+from diffjax.storage.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass(frozen=True)

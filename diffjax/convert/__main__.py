@@ -9,9 +9,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffjax import cli_errors, logs
+from diffjax.config import unknown_config_key
 from diffjax.convert import SOURCES, convert
-
+from diffjax.runtime import cli, logs
 
 
 def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_errors.run_main(main)
+    cli.run_main(main, unknown_config_key)

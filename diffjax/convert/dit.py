@@ -13,8 +13,8 @@ import re
 
 import numpy as np
 
-from diffjax.convert.mapping import CheckpointMismatch, Rule, apply_rules, dense_kernel, \
-    one_to_one, same
+from diffjax.convert.mapping import (CheckpointMismatch, Rule, apply_rules, dense_kernel,
+                                     one_to_one, same)
 from diffjax.convert.target import Target
 from diffjax.models.dit import sincos_2d_position_embedding
 
@@ -36,7 +36,7 @@ NAMES = (
 
 
 def read(checkpoint) -> dict:
-    from diffjax.torch_files import load_torch_checkpoint
+    from diffjax.storage.torch_files import load_torch_checkpoint
 
     data = load_torch_checkpoint(checkpoint)
     if isinstance(data, dict) and "ema" in data and "model" in data:

@@ -2,7 +2,7 @@
 
 An EDM snapshot is `pickle.dump(dict(ema=<VPPrecond|VEPrecond|EDMPrecond>, ...))`, the
 preconditioner holding the network as `.model`, every class pickled with its source code
-(`torch_utils.persistence`). diffjax reads the state with `diffjax.torch_files`, never imports or
+(`torch_utils.persistence`). diffjax reads the state with `diffjax.storage.torch_files`, never imports or
 executes that code, and converts the EMA network (`ema`; for a bare pickled preconditioner, that).
 
 Supported: `SongUNet`, EDM's reimplementation of score_sde's DDPM++ (`--arch=ddpmpp`: positional
@@ -31,11 +31,11 @@ import math
 
 import numpy as np
 
-from diffjax.convert.mapping import CheckpointMismatch, Rule, apply_rules, conv_kernel, \
-    dense_kernel, one_to_one, same
+from diffjax.convert.mapping import (CheckpointMismatch, Rule, apply_rules, conv_kernel,
+                                     dense_kernel, one_to_one, same)
 from diffjax.convert.target import Target
 from diffjax.models.fir import setup_kernel
-from diffjax.torch_files import PersistentObject, PickledObject
+from diffjax.storage.torch_files import PersistentObject, PickledObject
 
 PRECONDITIONERS = ("VPPrecond", "VEPrecond", "EDMPrecond", "iDDPMPrecond")
 
@@ -47,7 +47,7 @@ def _class_name(obj) -> str:
 
 
 def read(checkpoint):
-    from diffjax.torch_files import load_plain_pickle
+    from diffjax.storage.torch_files import load_plain_pickle
 
     data = load_plain_pickle(checkpoint)
     net = data.get("ema") if isinstance(data, dict) else data
@@ -230,7 +230,7 @@ def rules(target: Target, prefix: str) -> list[Rule]:
 
 
 def convert(target: Target, net) -> tuple[dict, dict, int]:
-    from diffjax.torch_files import module_state
+    from diffjax.storage.torch_files import module_state
 
     precond, model, kwargs = _network(net)
     config = target.config

@@ -18,8 +18,8 @@ import collections
 
 import numpy as np
 
-from diffjax.convert.mapping import CheckpointMismatch, Rule, apply_rules, conv_kernel, \
-    dense_kernel, one_to_one, same
+from diffjax.convert.mapping import (CheckpointMismatch, Rule, apply_rules, conv_kernel,
+                                     dense_kernel, one_to_one, same)
 from diffjax.convert.target import Target
 
 # Owner class of a diffjax parameter -> {diffjax leaf: (torch leaf, layout)}.
@@ -34,7 +34,7 @@ LEAVES = {
 
 
 def read(checkpoint) -> dict:
-    from diffjax.torch_files import load_torch_checkpoint
+    from diffjax.storage.torch_files import load_torch_checkpoint
 
     data = load_torch_checkpoint(checkpoint)
     if not isinstance(data, dict) or "model" not in data or "ema" not in data:

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import filesystem
-from diffjax.checkpointing import Checkpointer
 from diffjax.experiment import Experiment, build_experiment, example_input
-from diffjax.train_state import TrainState
+from diffjax.state.train_state import TrainState
+from diffjax.storage import filesystem
+from diffjax.storage.checkpoints import Checkpointer
 
 Path = tuple[str, ...]
 LEAF_ORDER = {"kernel": 0, "scale": 0, "frequencies": 0, "embedding": 0, "pos_embed": 0, "bias": 1}

@@ -1,4 +1,10 @@
-"""Data: TFDS catalog (with the embedded digits), Grain loader, device prefetch, pixel ranges."""
+"""Data: TFDS catalog (with the embedded digits), Grain loader, device prefetch, pixel ranges.
+
+Files: pipeline.py (TFDS builders: the catalogue and the embedded digits), loader.py (Grain
+loader, per-process shards), device_prefetch.py (global batches ahead of the step), pixels.py
+(uint8 <-> the model's range), digits/ (the embedded TFDS builder).
+Imports: runtime only.
+"""
 
 from diffjax.data.device_prefetch import DevicePrefetch, global_batch
 from diffjax.data.loader import TrainLoader

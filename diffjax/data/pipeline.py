@@ -17,12 +17,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffjax.data import digits
+from diffjax.runtime.cli import UserError
 
 # Datasets that ship with the package (no download); every other name goes to the TFDS catalog.
 EMBEDDED_BUILDERS = {"digits": digits.Builder}
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset that cannot be found or read; the message says how to fix it."""
 
 

@@ -1,4 +1,10 @@
-"""Sample-quality metrics computed with the standard FID Inception network."""
+"""Sample-quality metrics computed with the standard FID Inception network.
+
+Files: fid.py, inception*.py (the FID Inception network, its weights), stats.py (reference
+statistics), sample_quality.py (FID/KID of a sampler), settings.py (eval sweeps), reports.py,
+likelihood.py (bits/dim through the probability-flow ODE), fetch_weights.py.
+Imports: sampling, diffusion, data, storage, runtime; never training or the modes.
+"""
 
 from diffjax.evaluation.fid import (
     ScoreWithSpread,

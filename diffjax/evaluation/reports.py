@@ -8,7 +8,7 @@
 (`settings.EvalSetting`), so rerunning with another sampler, NFE, guidance or sample count writes
 a new report instead of finding the old one. Chunks are written atomically; a chunk that cannot be
 read on resume (a truncated or garbled file) is discarded and resampled, as is everything after it.
-Every file goes through `diffjax.filesystem`, so WORKDIR may be gs://.
+Every file goes through `diffjax.storage.filesystem`, so WORKDIR may be gs://.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from diffjax import filesystem as fs
+from diffjax.storage import filesystem as fs
 
 # Failures of a damaged .npz chunk: short file, bad zip directory, missing or garbled member.
 _UNREADABLE_CHUNK = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)

@@ -20,10 +20,10 @@ processes, so the result does not depend on the process count.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
-import io
 from typing import NamedTuple
 
 import jax
@@ -34,10 +34,10 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from diffjax import data as data_lib
-from diffjax import filesystem as fs
 from diffjax.evaluation.inception import inception_features
 from diffjax.evaluation.inception_network import FEATURE_DIM
 from diffjax.evaluation.inception_weights import load_inception_params
+from diffjax.storage import filesystem as fs
 
 DEFAULT_STATS_DIR = os.path.join(os.path.expanduser("~"), ".cache", "diffjax", "fid_stats")
 # Reference features kept for KID: its estimator draws subsets of at most 1000 per set, and a

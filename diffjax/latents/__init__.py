@@ -9,6 +9,8 @@ Files: autoencoder.py (the network), posterior.py (diagonal Gaussian, latent sca
 diffusers_weights.py (folders), vae.py (jitted, sharded encode/decode), first_stage.py (from a
 config), objective.py (first-stage training loss), preprocessing.py (ADM center crop, flips),
 records.py / writer.py / reader.py (latent datasets as ArrayRecord shards).
+
+Imports: data, parallel, storage; never experiment or anything above it.
 """
 
 from diffjax.latents.autoencoder import AutoencoderKL

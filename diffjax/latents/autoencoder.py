@@ -278,7 +278,7 @@ class AutoencoderKL(nn.Module):
     def __call__(self, x, *, sample_posterior: bool = False, rng: jax.Array | None = None,
                  train: bool = False):
         # `train` only keeps the diffjax network convention (`model.init(rng, x, train=False)`,
-        # as diffjax.train_state does): diffusers' VAEs have no dropout, so it changes nothing.
+        # as diffjax.state.train_state does): diffusers' VAEs have no dropout, so it changes nothing.
         del train
         mean, logvar = self.encode(x)
         if sample_posterior:

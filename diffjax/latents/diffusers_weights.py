@@ -2,11 +2,11 @@
 
 A folder is what `AutoencoderKL.save_pretrained` writes or `huggingface-cli download
 stabilityai/sd-vae-ft-ema` fetches; a full pipeline's root (with the VAE in `vae/`) works too.
-Tensors are read with `safetensors` into numpy (bfloat16 through ml_dtypes), renamed to Flax
-paths (`encoder.down_blocks.0.resnets.1.conv2.weight` -> encoder/down_blocks_0/resnets_1/conv2/
-kernel), and transposed: conv kernels OIHW -> HWIO, linear weights (out, in) -> (in, out). The
-attention names of older diffusers files (query/key/value/proj_attn) are accepted, as diffusers'
-own loader does. Every file goes through `diffjax/filesystem.py`, so a folder may be on gs://.
+Tensors are read with numpy (`diffjax.storage.safetensors_files`), renamed to Flax paths
+(`encoder.down_blocks.0.resnets.1.conv2.weight` -> encoder/down_blocks_0/resnets_1/conv2/kernel)
+and transposed (`diffjax.storage.torch_layout`). The attention names of older diffusers files
+(query/key/value/proj_attn) are accepted, as diffusers' own loader does. Every file goes through
+the path layer, so a folder may be on gs://.
 
 The inverse, `save_diffusers_folder`, exports a diffjax-trained first stage for diffusers.
 """
@@ -14,15 +14,13 @@ The inverse, `save_diffusers_folder`, exports a diffjax-trained first stage for 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Mapping
 
 import jax
-import ml_dtypes
 import numpy as np
 
-from diffjax import filesystem
 from diffjax.latents.autoencoder import AutoencoderKL
+from diffjax.storage import filesystem, safetensors_files, torch_layout
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -32,8 +30,6 @@ HOW_TO_GET = ("on a machine with internet run: huggingface-cli download stabilit
               "--local-dir DIR (or another diffusers AutoencoderKL repository), then copy DIR "
               "here and pass it")
 _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "BF16": ml_dtypes.bfloat16}
 
 
 def resolve_folder(folder: str) -> str:
@@ -74,19 +70,7 @@ def weights_path(folder: str) -> str:
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of a safetensors file as numpy arrays, with attention names modernised."""
-    from safetensors import deserialize
-
-    try:
-        entries = deserialize(filesystem.read_bytes(path))
-        tensors = {}
-        for name, entry in entries:
-            if entry["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"tensor {name!r} has dtype {entry['dtype']}")
-            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
-            tensors[name] = np.frombuffer(entry["data"], dtype).reshape(entry["shape"])
-    except Exception as e:  # noqa: BLE001 - any decoding failure means a bad download
-        raise ValueError(f"{path} is not a readable safetensors file of float tensors ({e}); "
-                         f"{HOW_TO_GET}.") from None
+    tensors = safetensors_files.read_safetensors(path, HOW_TO_GET)
     return dict(_modernise(name, array) for name, array in tensors.items())
 
 
@@ -99,38 +83,6 @@ def _modernise(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
     if array.ndim == 4 and array.shape[2:] == (1, 1):
         array = array[:, :, 0, 0]
     return ".".join(parts), array
-
-
-def diffusers_name(path: tuple[str, ...]) -> str:
-    """Flax parameter path -> diffusers state-dict name."""
-    modules = [re.sub(r"_(\d+)$", r".\1", part) for part in path[:-1]]
-    leaf = {"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1])
-    return ".".join(modules + [leaf])
-
-
-def torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(flax_shape) == 4:  # HWIO -> OIHW
-        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
-    if len(flax_shape) == 2:  # (in, out) -> (out, in)
-        return (flax_shape[1], flax_shape[0])
-    return tuple(flax_shape)
-
-
-def to_flax(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 4:
-        array = array.transpose(2, 3, 1, 0)
-    elif array.ndim == 2:
-        array = array.T
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def to_torch(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, np.float32)
-    if array.ndim == 4:
-        array = array.transpose(3, 2, 0, 1)
-    elif array.ndim == 2:
-        array = array.T
-    return np.ascontiguousarray(array)
 
 
 def abstract_params(module: AutoencoderKL) -> Any:
@@ -147,33 +99,9 @@ def abstract_params(module: AutoencoderKL) -> Any:
 def convert_state_dict(tensors: Mapping[str, np.ndarray], module: AutoencoderKL,
                        source: str) -> dict:
     """diffusers tensors -> the module's Flax params (numpy float32), checked name by name."""
-    expected = {diffusers_name(tuple(k.key for k in path)): (path, leaf.shape)
-                for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(module))[0]}
-    for name, (_, shape) in expected.items():
-        if name not in tensors:
-            extra = sorted(set(tensors) - set(expected))
-            also = (f"; the file has {extra[0]!r} {tuple(tensors[extra[0]].shape)} instead"
-                    if extra else "")
-            raise ValueError(f"{source}: tensor {name!r} {torch_shape(shape)} is missing{also}; "
-                             f"the weights do not match config.json ({HOW_TO_GET}).")
-        got = tuple(tensors[name].shape)
-        if got != torch_shape(shape):
-            raise ValueError(f"{source}: tensor {name!r} has shape {got} but config.json implies "
-                             f"{torch_shape(shape)}; the weights do not match config.json "
-                             f"({HOW_TO_GET}).")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise ValueError(f"{source}: tensor {extra[0]!r} {tuple(tensors[extra[0]].shape)} has "
-                         f"no place in the AutoencoderKL config.json describes ({len(extra)} "
-                         f"unexpected tensors); {HOW_TO_GET}.")
-    params: dict = {}
-    for name, (path, shape) in expected.items():
-        array = tensors[name].reshape(torch_shape(shape))
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key.key, {})
-        node[path[-1].key] = to_flax(array)
-    return params
+    return torch_layout.params_from_state_dict(
+        tensors, abstract_params(module), source,
+        f"the weights do not match config.json ({HOW_TO_GET})")
 
 
 def latent_space(config: Mapping[str, Any]) -> tuple[float, float]:
@@ -199,16 +127,11 @@ def save_diffusers_folder(folder: str, module: AutoencoderKL, params: Any, *,
                           scale: float, shift: float = 0.0) -> str:
     """Writes `module` with `params` as a diffusers folder (loadable by AutoencoderKL
     .from_pretrained and by `load_vae`)."""
-    from safetensors.numpy import save
-
-    params = jax.device_get(params)
-    tensors = {diffusers_name(tuple(k.key for k in path)): to_torch(leaf)
-               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    tensors = torch_layout.state_dict_from_params(params)
     config = {**module.diffusers_config(), "scaling_factor": float(scale),
               "shift_factor": float(shift) if shift else None}
     filesystem.makedirs(folder)
-    filesystem.write_atomic(filesystem.join(folder, WEIGHTS_FILE),
-                            save(tensors, metadata={"format": "pt"}))
+    safetensors_files.write_safetensors(filesystem.join(folder, WEIGHTS_FILE), tensors)
     filesystem.write_atomic(filesystem.join(folder, CONFIG_FILE),
                             json.dumps(config, indent=2, sort_keys=True))
     return folder

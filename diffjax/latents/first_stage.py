@@ -15,12 +15,11 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from diffjax import filesystem
 from diffjax.latents import diffusers_weights
 from diffjax.latents.autoencoder import AutoencoderKL
 from diffjax.latents.vae import VAE, compute_dtype, load_vae
 from diffjax.parallel.sharding import DEFAULT_RULES
-
+from diffjax.storage import filesystem
 
 LATENT_SPACE_FILE = "latent_space.json"  # a diffjax first stage's scaling_factor/shift_factor
 

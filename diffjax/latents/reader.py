@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from diffjax import filesystem
 from diffjax.data.pipeline import DataError
 from diffjax.latents import first_stage, records
+from diffjax.storage import filesystem
 
 
 def read_metadata(directory: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from diffjax import filesystem
+from diffjax.storage import filesystem
 
 FORMAT = "diffjax-latents-1"
 PLAN_FILE = "plan.json"

@@ -9,7 +9,7 @@
 a different scale needs no re-encoding); `decode` takes model-space latents (what a diffusion
 model samples). Both run any batch size: the batch is cut into chunks of `batch_size`, each
 padded to a multiple of the data-parallel devices (the padding is computed and dropped, as in
-`diffjax.generation`), laid out over ('data', 'fsdp') and run by one compiled function per shape.
+`diffjax.sampling.generate`), laid out over ('data', 'fsdp') and run by one compiled function per shape.
 Parameters are sharded by the mesh rules (FSDP splits convolution output channels).
 
 With `mesh=None` the VAE uses this process's devices only, so every process of a multi-host job
@@ -33,6 +33,7 @@ from diffjax.latents import diffusers_weights, posterior
 from diffjax.latents.autoencoder import AutoencoderKL
 from diffjax.parallel.mesh import MESH_AXES, batch_axis_size
 from diffjax.parallel.sharding import DEFAULT_RULES, batch_sharding, tree_shardings
+from diffjax.storage import torch_layout
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -60,7 +61,7 @@ def params_fingerprint(params: Any) -> str:
         params = multihost_utils.process_allgather(params, tiled=True)
     digest = hashlib.sha256()
     flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
-    named = sorted((diffusers_weights.diffusers_name(tuple(k.key for k in path)), leaf)
+    named = sorted((torch_layout.torch_name(tuple(k.key for k in path)), leaf)
                    for path, leaf in flat)
     for name, leaf in named:
         array = np.ascontiguousarray(leaf, np.float32)

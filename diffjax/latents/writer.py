@@ -12,7 +12,7 @@ same whatever the number of processes. Nothing half-written is ever taken as com
 
 A rerun skips complete shards and rewrites incomplete ones: it continues where it stopped.
 Shards are written by ArrayRecord's own file layer: use a local or mounted (gcsfuse) directory
-(the JSON files go through diffjax/filesystem.py).
+(the JSON files go through diffjax/storage/filesystem.py).
 
 Typical use (what `--mode=encode_latents` does on every process):
 
@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from diffjax import filesystem
 from diffjax.data.pipeline import DataError
 from diffjax.latents import preprocessing, records
+from diffjax.storage import filesystem
 
 DEFAULT_EXAMPLES_PER_SHARD = 1000
 

@@ -7,7 +7,7 @@ code). Parameter counts equal score_sde's: 61,804,419 for DDPM++ cont. (VP), 106
 62,758,915 for NCSN++ cont. (VE), 107,587,075 deep (`tests/test_ncsnpp.py`).
 
 Call contract: `net(x, noise_cond, labels, *, train)`. The network knows no SDE, but two switches
-rely on what `diffjax.score` feeds it, exactly as score_sde's `get_score_fn` does:
+rely on what `diffjax.diffusion.parameterization` feeds it, exactly as score_sde's `get_score_fn` does:
 - `embedding_type="positional"` embeds noise_cond as given (999 t for VP / sub-VP);
   `"fourier"` embeds it with fixed Gaussian Fourier features (score_sde feeds log sigma for VE).
 - `scale_by_sigma=True` divides the output by exp(noise_cond), i.e. by sigma when noise_cond is
@@ -40,9 +40,8 @@ from diffjax.models import fir
 from diffjax.models.embeddings import (GaussianFourierEmbedding, LabelEmbedding,
                                        score_sde_timestep_embedding)
 from diffjax.models.ncsnpp_layers import (DENSE_AXES, AttnBlockpp, Combine, Downsample,
-                                          ResnetBlockBigGANpp, ResnetBlockDDPMpp, Upsample,
-                                          conv3x3, default_init, dense, get_activation,
-                                          group_norm)
+                                          ResnetBlockBigGANpp, ResnetBlockDDPMpp, Upsample, conv3x3,
+                                          default_init, dense, get_activation, group_norm)
 
 CHOICES = {
     "resblock_type": ("ddpm", "biggan"),

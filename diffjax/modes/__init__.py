@@ -1,6 +1,11 @@
 """Modes of `python -m diffjax.main`, by name. Each takes (config, workdir) and returns a summary.
 
 Each mode is imported only when it runs, so `--mode=sample` never loads the training loop.
+
+Also here: preflight.py, the whole config checked before anything compiles (a dry run of the
+modes, so it lives with them).
+Imports: anything below (training, sampling, evaluation, convert, pipelines, experiment and the
+foundations); only diffjax.main imports the modes.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from typing import Any, Callable
 
 import jax
 
-from diffjax import config_validation, first_stage, logs, preemption, runtime, workdir_lock
-from diffjax import filesystem as fs
-from diffjax import workdir as workdir_lib
+from diffjax.latents import latent_mode
+from diffjax.modes import preflight
 from diffjax.parallel import distributed, peers
+from diffjax.runtime import logs, preemption, xla
+from diffjax.storage import filesystem as fs, workdir as workdir_lib, workdir_lock
 
 
 def _train(config, workdir: str) -> dict[str, Any]:
@@ -84,7 +90,7 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     if mode not in WRITING_MODES:
         preemption.release()
     logs.quiet_library_logs()
-    runtime.enable_compilation_cache()
+    xla.enable_compilation_cache()
     distributed.initialize_from_environment()
     if jax.process_index() == 0:
         logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
@@ -97,9 +103,9 @@ def run(config, workdir: str, mode: str = "train") -> Any:
         workdir_lock.lock_for_job(workdir)
     peers.start_watchdog(_local_checkpoints(workdir))
     # Relative latent paths (data.latent_dir, autoencoder.pretrained) are inside the workdir.
-    config = first_stage.resolve_paths(config, workdir)
+    config = latent_mode.resolve_paths(config, workdir)
     try:
-        config_validation.validate(config, mode)
+        preflight.validate(config, mode)
         result = MODES[mode](config, workdir)
         peers.stop_watchdog()
         return result

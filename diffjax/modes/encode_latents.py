@@ -18,11 +18,12 @@ import jax
 from jax.experimental import multihost_utils
 
 from diffjax import data as data_lib
-from diffjax.console import progress_bar
 from diffjax.data.pipeline import DataError
-from diffjax.first_stage import load_first_stage, resolve_paths
+from diffjax.experiment import load_first_stage
 from diffjax.latents import finalize, make_plan, write_shards
-from diffjax.workdir_lock import lock_for_job, release_job_lock
+from diffjax.latents.latent_mode import resolve_paths
+from diffjax.runtime.console import progress_bar
+from diffjax.storage.workdir_lock import lock_for_job, release_job_lock
 
 
 def encode_latents(config, workdir: str) -> dict[str, Any]:

@@ -32,20 +32,20 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffjax import filesystem as fs
-from diffjax import images
-from diffjax.checkpointing import Checkpointer
-from diffjax.console import progress_bar
 from diffjax.evaluation.inception_weights import load_inception_params
 from diffjax.evaluation.reports import ReportStore, format_table, summary_line
 from diffjax.evaluation.sample_quality import FID_METHOD, sample_metrics
 from diffjax.evaluation.settings import EvalSetting, settings_from_config
 from diffjax.evaluation.stats import reference_statistics
-from diffjax.experiment import build_experiment
-from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
-from diffjax.generation import draw_batch, make_generate_fn
-from diffjax.metric_writers import create_writer
+from diffjax.experiment import build_experiment, load_first_stage
+from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.outputs import images
+from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel.distributed import broadcast_from_chief
+from diffjax.runtime.console import progress_bar
+from diffjax.sampling.generate import draw_batch, make_generate_fn
+from diffjax.storage import filesystem as fs
+from diffjax.storage.checkpoints import Checkpointer
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
 EVAL_SALT = 0x5A5

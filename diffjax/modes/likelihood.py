@@ -2,7 +2,7 @@
 
 Each global batch of the split (in order) is split over processes exactly like training batches,
 and every example gets an in-graph adaptive PF-ODE solve with a Hutchinson trace estimate
-(`diffjax.likelihood`). The last batch is padded and the padding masked out, so one compiled
+(`diffjax.evaluation.likelihood`). The last batch is padded and the padding masked out, so one compiled
 function serves the whole split. Writes WORKDIR/eval/likelihood_<step>.json.
 """
 
@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffjax import filesystem as fs
-from diffjax.console import progress_bar
 from diffjax.data.pipeline import data_source, read_records
-from diffjax.likelihood import likelihood_fn
+from diffjax.evaluation.likelihood import likelihood_fn
+from diffjax.experiment import build_experiment, open_checkpoints, restore_params, score_fn_for
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
-from diffjax.experiment import build_experiment, open_checkpoints, restore_params, score_fn_for
+from diffjax.runtime.console import progress_bar
+from diffjax.storage import filesystem as fs
 
 
 def _local_batches(config, split: str, global_batch: int, max_examples: int):

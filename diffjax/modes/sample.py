@@ -7,7 +7,7 @@ Settings (all under `config.sampling`):
     write_pngs       also write every image as samples/<name>/000000.png ... (the folder layout
                      clean-fid and torch-fidelity read)
     inpaint          fill in a masked region of data.eval_split images instead (a mask name or
-                     file, see `diffjax.masks`); the grid shows masked input | result | original
+                     file, see `diffjax.diffusion.masks`); the grid shows masked input | result | original
 plus the sampler settings. Output names carry the step and every setting that changes the
 images, so a second run with other settings never overwrites the first:
     samples/step6_euler_maruyama-100steps_cfg1_n64_seed0.png / .npz / (folder of PNGs)
@@ -27,15 +27,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from diffjax import data as data_lib
-from diffjax import filesystem as fs
-from diffjax import images, sampling
-from diffjax.checkpointing import Checkpointer
-from diffjax.console import progress_bar
-from diffjax.experiment import build_experiment, restore_params
-from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
-from diffjax.generation import draw_batch, make_generate_fn, make_inpaint_fn, requested_labels
-from diffjax.masks import load_mask
+from diffjax import data as data_lib, sampling
+from diffjax.diffusion.masks import load_mask
+from diffjax.experiment import build_experiment, load_first_stage, restore_params
+from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.outputs import images
+from diffjax.runtime.console import progress_bar
+from diffjax.sampling.generate import (draw_batch, make_generate_fn, make_inpaint_fn,
+                                       requested_labels)
+from diffjax.storage import filesystem as fs
+from diffjax.storage.checkpoints import Checkpointer
 
 # Distinct from the training grid's noise (0x5A3), so --mode=sample shows new images.
 SAMPLE_SALT = 0x5A4
@@ -107,7 +108,7 @@ def sample(config, workdir: str) -> dict[str, Any]:
     out_dir = fs.join(workdir, "samples")
     is_chief = jax.process_index() == 0
     if is_chief:  # before sampling everything: a read-only workdir fails now
-        from diffjax.workdir import check_writable
+        from diffjax.storage.workdir import check_writable
 
         check_writable(out_dir, "the samples folder")
     experiment = build_experiment(config)

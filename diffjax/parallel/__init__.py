@@ -1,1 +1,4 @@
-"""Device meshes, logical-axis sharding rules and multi-host helpers."""
+"""Device meshes, logical-axis sharding rules and multi-host helpers.
+
+Imports: runtime only.
+"""

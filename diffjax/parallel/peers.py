@@ -36,7 +36,7 @@ import socket
 
 import jax
 
-from diffjax import local_processes
+from diffjax.runtime import local_processes
 
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("DIFFJAX_HEARTBEAT_TIMEOUT_S", "60"))
 WATCHDOG_PERIOD_S = 2.0

@@ -3,9 +3,9 @@
 Every sampler has the signature
     sampler(rng, score_fn, sde, shape, **options) -> SampleResult(samples, nfe)
 runs entirely in-graph (lax.scan / while_loop, no host callbacks), and is jittable with `shape` and
-the options static. `score_fn` is a `diffjax.score.ModelFn` (or any score function: plain ones
+the options static. `score_fn` is a `diffjax.diffusion.parameterization.ModelFn` (or any score function: plain ones
 are wrapped by `as_model_fn`); samplers read x0_hat, eps_hat and the score of one network call from
-it. `nfe` is the exact number of network evaluations. `sde` is any `diffjax.processes` process.
+it. `nfe` is the exact number of network evaluations. `sde` is any `diffjax.diffusion.processes` process.
 
     name               what                                          NFE
     euler_maruyama     reverse SDE, Euler-Maruyama                   N
@@ -30,6 +30,10 @@ Batch sharding: every sampler treats examples independently (per-example evaluat
 per-example Langevin step sizes); the only cross-example quantities anywhere are the adaptive
 ODE's scalar error norm and the Langevin step's batch-mean norms. Jitting a sampler with a
 batch-sharded output keeps the whole loop sharded.
+
+`generate.py` turns an experiment's network into the jitted sampling function every mode uses.
+Imports: diffusion (processes, parameterisations), experiment (generate.py), latents, data,
+parallel; never training, evaluation or the modes.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from typing import Any, Callable
 
 import jax
 
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess
 from diffjax.sampling.adaptive_ode import ode_adaptive
-from diffjax.processes import LinearProcess
 from diffjax.sampling.ddim_sampler import ddim
 from diffjax.sampling.ddpm_sampler import ddpm
 from diffjax.sampling.dpm_solver_multistep import dpm_solver
@@ -49,7 +54,6 @@ from diffjax.sampling.ode_solvers import ode_euler, ode_heun_t
 from diffjax.sampling.result import SampleResult
 from diffjax.sampling.sde_solvers import euler_maruyama, predictor_corrector, reverse_diffusion
 from diffjax.sampling.sit_sde import sit_sde
-from diffjax.score import ScoreFn
 
 SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "euler_maruyama": euler_maruyama,

@@ -29,12 +29,11 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess as LinearSDE
-from diffjax.processes import float_dtype
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess as LinearSDE, float_dtype
 from diffjax.sampling.ode_solvers import pf_ode_drift
 from diffjax.sampling.result import SampleResult, finish
 from diffjax.sampling.time_grids import resolve_eps
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 PyTree = object

@@ -19,10 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess
 from diffjax.sampling.result import SampleResult, finish, predict
 from diffjax.sampling.time_grids import resolve_eps, time_grid as make_time_grid
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes import DiscreteDDPM, LinearProcess, float_dtype
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import DiscreteDDPM, LinearProcess, float_dtype
 from diffjax.sampling.result import SampleResult, predict
 from diffjax.sampling.time_grids import discrete_steps, resolve_eps, time_grid as make_time_grid
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

@@ -32,10 +32,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess
 from diffjax.sampling.result import SampleResult, predict
 from diffjax.sampling.time_grids import edm_sigmas, resolve_eps
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

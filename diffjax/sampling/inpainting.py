@@ -25,12 +25,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess as LinearSDE
-from diffjax.processes import broadcast_to_data
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess as LinearSDE, broadcast_to_data
 from diffjax.sampling.result import SampleResult, finish
 from diffjax.sampling.sde_solvers import reverse_sde_loop
 from diffjax.sampling.time_grids import resolve_eps
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

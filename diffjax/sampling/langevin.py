@@ -28,9 +28,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess as LinearSDE
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess as LinearSDE
 from diffjax.sampling.result import batch_time
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 # constrain(x, t, rng) -> x: re-imposes known values (inpainting) after every update.

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import jax
 
-from diffjax.processes import LinearProcess
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess
 from diffjax.sampling.result import SampleResult, batch_time, finish, predict
 from diffjax.sampling.time_grids import resolve_eps, time_grid as make_time_grid
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

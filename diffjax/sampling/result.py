@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess
-from diffjax.score import Prediction, as_model_fn
+from diffjax.diffusion.parameterization import Prediction, as_model_fn
+from diffjax.diffusion.processes import LinearProcess
 
 
 class SampleResult(NamedTuple):
@@ -32,7 +32,7 @@ def batch_time(t, x: jax.Array) -> jax.Array:
 
 
 def predict(model, process: LinearProcess, x: jax.Array, t) -> Prediction:
-    """One network evaluation at the scalar time t: x0_hat, eps_hat, score (see diffjax.score)."""
+    """One network evaluation at the scalar time t: x0_hat, eps_hat, score (see diffjax.diffusion.parameterization)."""
     return as_model_fn(model, process).predict(x, batch_time(t, x))
 
 

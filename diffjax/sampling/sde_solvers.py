@@ -22,12 +22,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess as LinearSDE
-from diffjax.processes import as_time, broadcast_to_data
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess as LinearSDE, as_time, broadcast_to_data
 from diffjax.sampling.langevin import Constraint, langevin_correct
 from diffjax.sampling.result import SampleResult, batch_time, finish, predict
 from diffjax.sampling.time_grids import resolve_eps, time_grid
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

@@ -28,9 +28,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import LinearProcess, broadcast_to_data, float_dtype
+from diffjax.diffusion.parameterization import ScoreFn
+from diffjax.diffusion.processes import LinearProcess, broadcast_to_data, float_dtype
 from diffjax.sampling.result import SampleResult, batch_time, predict
-from diffjax.score import ScoreFn
 
 Array = jax.Array
 

@@ -32,8 +32,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.processes import DiscreteDDPM, LinearProcess, float_dtype
-from diffjax.processes.ddpm import space_timesteps
+from diffjax.diffusion.processes import DiscreteDDPM, LinearProcess, float_dtype
+from diffjax.diffusion.processes.ddpm import space_timesteps
 
 Array = jax.Array
 

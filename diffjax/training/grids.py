@@ -16,13 +16,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffjax import data as data_lib
-from diffjax import filesystem as fs
-from diffjax import images
+from diffjax.diffusion.guidance import grid_labels
 from diffjax.experiment import Experiment
-from diffjax.generation import make_generate_fn, pixel_range
-from diffjax.guidance import grid_labels
+from diffjax.outputs import images
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
+from diffjax.sampling.generate import make_generate_fn, pixel_range
+from diffjax.storage import filesystem as fs
 
 # Noise of training grids; distinct from --mode=sample (0x5A4) and evaluation (0x5A5).
 GRID_SALT = 0x5A3

@@ -19,25 +19,24 @@ from clu import periodic_actions
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
-from diffjax import filesystem as fs
-from diffjax import workdir as workdir_lib
-from diffjax.checkpointing import Checkpointer
-from diffjax.experiment import Experiment, build_experiment
-from diffjax.first_stage import is_latent, load_first_stage, resolve_paths
+from diffjax.experiment import Experiment, build_experiment, load_first_stage
 from diffjax.latents import LatentSource
-from diffjax.metric_writers import create_writer
-from diffjax.optimizer import learning_rate_schedule
+from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
-from diffjax.preemption import PreemptionWatcher
-from diffjax.train_state import TrainState, count_params, create_state, state_bytes
+from diffjax.runtime.preemption import PreemptionWatcher
+from diffjax.state.optimizer import learning_rate_schedule
+from diffjax.state.train_state import TrainState, count_params, create_state, state_bytes
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
+from diffjax.storage.checkpoints import Checkpointer
+from diffjax.storage.workdir_lock import lock_for_job, lock_held, release_job_lock
 from diffjax.training.grids import grid_for
 from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
 from diffjax.training.step import make_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
-from diffjax.workdir_lock import lock_for_job, lock_held, release_job_lock
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax import losses
 from diffjax.data.pixels import to_model_range
+from diffjax.diffusion import losses
 from diffjax.experiment import Experiment, score_fn_for
-from diffjax.first_stage import is_latent
+from diffjax.latents.latent_mode import is_latent
 
 Metrics = dict[str, jax.Array]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from diffjax.console import interactive
+from diffjax.runtime.console import interactive
 
 
 def format_duration(seconds: float) -> str:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffjax.sde import LinearSDE
-from diffjax.train_state import TrainState
+from diffjax.diffusion.processes import LinearSDE
+from diffjax.state.train_state import TrainState
 from diffjax.training.objectives import DiffusionObjective, Objective
 
 

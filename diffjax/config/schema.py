@@ -1,0 +1,242 @@
+"""The one schema of every diffjax config: all keys, their types and defaults.
+
+Config files start from `base_config()` and change values; they never add keys, so that a typo on
+the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
+Sections come in a fixed order: data, model, autoencoder, sde, training, optim, sampling, eval,
+mesh.
+Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from diffjax.parallel.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "digits"  # a TFDS name; "digits" ships with diffjax
+    data.data_dir = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
+    data.split = "train"
+    data.eval_split = "test"
+    data.image_size = 8
+    data.num_channels = 1
+    data.num_classes = 10
+    data.centered = True  # [-1, 1] (VP family) or [0, 1] (VE)
+    data.dequantize = True
+    data.random_flip = False
+    data.num_workers = 0  # Grain worker processes decoding batches; 0 = threads in this process
+    data.prefetch = 2  # global batches kept on the devices ahead of the step (2 = double buffer)
+    # Latent diffusion: a latent dataset written by --mode=encode_latents (diffjax/latents/).
+    data.latent_dir = ""  # "" = train on pixels
+    data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
+    data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
+    # What the output means (diffjax/diffusion/parameterization.py): "eps" (alias "noise"), "score", "x0", "v",
+    # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
+    model.parameterization = "eps"
+    model.scale_input = False  # feed x / sqrt(alpha^2 sigma_data^2 + sigma^2) ("edm": always)
+    model.sigma_data = 0.5  # EDM's sigma_data (preconditioning and input scaling)
+    model.conditional = False  # class-conditional (labels from the dataset)
+    model.label_dropout = 0.1  # probability of the null label, for classifier-free guidance
+    model.dropout = 0.1
+    model.noise_embedding = "positional"  # "positional" (999 t, VP) or "fourier" (log sigma, VE)
+    model.fourier_scale = 16.0
+    model.dtype = "float32"  # compute dtype; parameters stay float32
+    model.remat = False  # rematerialise network blocks (saves memory, costs compute)
+    # score_sde's NCSNpp switches (models/ncsnpp.py); DDPM++ cont. (VP) values by default.
+    model.unet = unet = ml_collections.ConfigDict()
+    unet.nf = 128
+    unet.ch_mult = (1, 2, 2, 2)
+    unet.num_res_blocks = 4
+    unet.attn_resolutions = (16,)
+    unet.resblock_type = "biggan"  # "biggan" (resampling inside residual blocks) or "ddpm"
+    unet.resamp_with_conv = True
+    unet.fir = False  # FIR up/down-sampling (NCSN++)
+    unet.fir_kernel = (1, 3, 3, 1)
+    unet.skip_rescale = True  # residual sums divided by sqrt(2)
+    unet.progressive = "none"  # output pyramid: "none", "output_skip", "residual"
+    unet.progressive_input = "none"  # input pyramid: "none", "input_skip", "residual" (NCSN++)
+    unet.progressive_combine = "sum"  # "sum" or "cat"
+    unet.init_scale = 0.0  # scale of output-layer init; 0 = 1e-10 as score_sde
+    unet.nonlinearity = "swish"  # "swish", "elu", "relu", "lrelu"
+    unet.noise_conditional = True  # score_sde's model.conditional (noise-level conditioning)
+    unet.scale_by_sigma = False  # output / exp(noise_cond) = output / sigma (VE only)
+    unet.label_embedding = "embedding"  # class table added to the "embedding" or "noise_features"
+    # EDM's augmentation-label layer (map_augment; 9 in EDM's CIFAR-10 networks), fed zeros:
+    # diffjax has no augmentation pipeline; it holds the weights of converted EDM networks.
+    unet.augment_dim = 0
+    model.dit = dit = ml_collections.ConfigDict()
+    dit.size = ""  # "S", "B", "L", "XL" set depth/width/heads; "" uses the fields below
+    dit.patch_size = 2
+    dit.hidden_size = 384
+    dit.depth = 12
+    dit.num_heads = 6
+    dit.mlp_ratio = 4.0
+    dit.pos_embed = "sincos"
+    dit.learn_sigma = False  # DiT's 2C-channel output: the noise, then the variance interpolation
+
+    # The first stage of latent diffusion: diffusers' AutoencoderKL (diffjax/latents/). Defaults
+    # are the SD-VAE (kl-f8) and LDM's first-stage objective without LPIPS and discriminator.
+    config.autoencoder = autoencoder = ml_collections.ConfigDict()
+    autoencoder.pretrained = ""  # diffusers folder (or pipeline root with vae/); "" = train one
+    autoencoder.block_out_channels = (128, 256, 512, 512)  # downsampling 2^(len - 1)
+    autoencoder.layers_per_block = 2
+    autoencoder.latent_channels = 4
+    autoencoder.norm_num_groups = 32
+    autoencoder.mid_block_attention = True
+    autoencoder.use_quant_conv = True
+    autoencoder.use_post_quant_conv = True
+    # Model-space latents (z - shift) * scale; None = config.json's scaling_factor / shift_factor
+    # for a pretrained VAE, 1.0 / 0.0 for a trained one.
+    autoencoder.scale = config_dict.placeholder(float)
+    autoencoder.shift = config_dict.placeholder(float)
+    autoencoder.dtype = "float32"  # compute dtype; parameters stay float32
+    autoencoder.batch_size = 64  # images per encode/decode call (global)
+    autoencoder.kl_weight = 1e-6  # LDM kl-f8
+    autoencoder.reconstruction_loss = "l1"  # "l1" (LDM) or "l2", summed over pixels
+    autoencoder.sample_posterior = True  # decode a posterior sample (True) or the mean in training
+    # --mode=train_autoencoder (into WORKDIR/autoencoder): these replace training.num_train_steps,
+    # training.batch_size and optim.lr; the other training and optim keys are shared.
+    autoencoder.train_steps = 50_000
+    autoencoder.train_batch_size = 64
+    autoencoder.lr = 4.5e-6 * 64  # LDM: base lr 4.5e-6 scaled by the batch size
+
+    config.sde = sde = ml_collections.ConfigDict()
+    # The diffusion process (diffjax/diffusion/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
+    # "ddpm" (discrete, DiT/ADM), "flow" (flow matching / rectified flow), "edm".
+    sde.name = "vp"
+    sde.beta_min = 0.1  # vp, subvp
+    sde.beta_max = 20.0
+    # ve: None = 0.01 / 50 (score_sde); edm: None = 0.002 / 80 (EDM).
+    sde.sigma_min = config_dict.placeholder(float)
+    sde.sigma_max = config_dict.placeholder(float)
+    sde.num_timesteps = 1000  # ddpm: N integer steps
+    sde.beta_schedule = "linear"  # ddpm: "linear" (Ho et al., 1e-4..0.02) or "cosine" (iDDPM)
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128  # global, over all devices and hosts
+    training.num_train_steps = 1_300_000
+    training.microbatches = 1  # gradient accumulation: batch_size / microbatches per pass
+    training.log_every_steps = 100
+    training.checkpoint_every_steps = 10_000
+    training.sample_every_steps = 50_000
+    training.max_checkpoints_to_keep = 3
+    training.async_checkpointing = True
+    training.num_sample_images = 64  # size of the sample grids written during training
+    training.ema_decay = 0.9999
+    training.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
+    training.eps = 1e-5  # smallest training time
+    # Distribution of training times (diffjax/diffusion/losses.py): None = the process's own (uniform;
+    # ddpm: uniform over its steps; edm: log_normal), "uniform", "logit_normal", "log_normal".
+    training.time_sampling = config_dict.placeholder(str)
+    training.logit_normal_mean = 0.0  # logit_normal: t = sigmoid(mean + std z) (SD3: 0, 1)
+    training.logit_normal_std = 1.0
+    training.P_mean = -1.2  # log_normal: ln sigma~ ~ N(P_mean, P_std^2) (EDM)
+    training.P_std = 1.2
+    training.likelihood_weighting = False  # weight g(t)^2 on the score (score_sde)
+    training.reduce_mean = False  # mean (True) or 0.5 * sum (False) over pixels, as score_sde
+    training.preemption_check_every_steps = 10  # multi-host agreement on SIGTERM
+    training.profile_first_step = -1  # >= 0: trace steps [first, first + num) to WORKDIR/profile
+    training.profile_num_steps = 5
+    training.wandb_project = ""  # "" = off; else a Weights & Biases project (pip diffjax[wandb])
+    training.wandb_entity = ""
+    training.wandb_run_name = ""  # also the W&B run id, so a resumed run continues it
+    training.wandb_mode = "online"  # "online", "offline" or "disabled"
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "adam"  # "adam" or "adamw"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup_steps = 5000
+    optim.schedule = "constant"  # after warm-up: "constant", "cosine" or "linear" decay
+    optim.decay_steps = 0  # step at which the decay ends; <= 0 = training.num_train_steps
+    optim.min_lr_ratio = 0.0  # final lr / lr for "cosine" and "linear"
+    optim.grad_clip = 1.0  # global-norm clipping; <= 0 disables it
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "euler_maruyama"
+    sampling.num_steps = 1000
+    # Final time; None = the process's own: 1e-3 (VP family, flow), 1e-5 (VE), 1/N (ddpm),
+    # sigma_min (edm).
+    sampling.eps = config_dict.placeholder(float)
+    sampling.denoise = True  # final Tweedie step at t = eps (one more network evaluation)
+    sampling.predictor = "reverse_diffusion"  # for method "pc"
+    sampling.snr = 0.16  # Langevin corrector signal-to-noise ratio
+    sampling.corrector_steps = 1
+    # "uniform" (in t), "edm" (rho schedule), "log_snr", "discrete" (ddpm's respaced steps);
+    # None = each sampler's best grid.
+    sampling.time_grid = config_dict.placeholder(str)
+    sampling.rho = 7.0
+    sampling.order = 3  # DPM-Solver multistep order
+    sampling.algorithm_type = "dpmsolver++"  # DPM-Solver: data ("dpmsolver++") or noise prediction
+    # DPM-Solver weights: "taylor_exact" (true order 3), "dpmsolver"/"taylor" (the official ones).
+    sampling.solver_type = "taylor_exact"
+    sampling.lower_order_final = True  # DPM-Solver: lower orders on the last steps below 10 steps
+    sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral
+    sampling.S_churn = 0.0  # edm_heun (EDM's Algorithm 2; 0 = deterministic Algorithm 1)
+    sampling.S_min = 0.0
+    sampling.S_max = float("inf")
+    sampling.S_noise = 1.0
+    sampling.variance = "beta_tilde"  # ddpm: "beta_tilde", "beta" or "learned"
+    sampling.clip_denoised = False  # ddpm: clip x0_hat to [-1, 1]
+    sampling.diffusion_form = "sigma"  # sit_sde: SiT's diffusion coefficient w(t)
+    sampling.diffusion_norm = 1.0
+    sampling.last_step = "mean"  # sit_sde: "mean", "tweedie", "euler", "none"
+    sampling.last_step_size = 0.04
+    sampling.solver = "dopri5"  # adaptive ODE solver
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    sampling.max_steps = 4096
+    # Classifier-free guidance s (DiT/diffusers convention): 1 = plain conditional, DiT uses 1.5.
+    sampling.guidance_scale = 1.0
+    # Guide only the first k output channels (0 = every prediction channel); DiT guides 3.
+    sampling.guidance_channels = 0
+    sampling.use_ema = True
+    sampling.num_samples = 64  # --mode=sample
+    sampling.batch_size = 64
+    sampling.checkpoint_step = -1  # --mode=sample: which checkpoint; -1 = the newest
+    sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
+    sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
+    sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
+
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.num_samples = 50_000
+    evaluation.batch_size = 500  # global sampling batch
+    evaluation.checkpoints = "all"  # "all" without report, "latest", "watch", or "1000,2000"
+    evaluation.reference_split = "train"  # also "train[:N]": the first N images
+    evaluation.stats_dir = ""  # "" = ~/.cache/diffjax/fid_stats
+    # An .npz with the reference "mu" and "sigma" instead of computing them (e.g. ADM's
+    # VIRTUAL_imagenet256_labeled.npz, against which DiT and SiT report FID); no KID then.
+    evaluation.reference_stats = ""
+    evaluation.inception_batch_size = 200
+    evaluation.compute_kid = True
+    evaluation.compute_is = True
+    evaluation.watch_timeout_s = 3600
+    evaluation.likelihood_split = "test"
+    evaluation.likelihood_batch_size = 128
+    evaluation.likelihood_max_examples = 0  # 0 = the whole split
+    evaluation.keep_samples = False  # keep eval/<step>/<setting>.samples/ after the report
+    # Cartesian sweep of sampler settings per checkpoint, e.g.
+    # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
+    evaluation.sweep = ""
+
+    config.mesh = mesh = ml_collections.ConfigDict()
+    mesh.data = -1
+    mesh.fsdp = 1
+    mesh.tensor = 1
+    mesh.dcn_data = 1
+    mesh.dcn_fsdp = 1
+    mesh.dcn_tensor = 1
+    mesh.rules = DEFAULT_RULES
+    return config
