@@ -33,7 +33,7 @@ from diffjax.parallel.mesh import create_mesh
 from diffjax.parallel.sharding import rules_from_config
 from diffjax.state.optimizer import make_optimizer
 from diffjax.state.train_state import ShardedStateSpec, state_spec
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 
 
@@ -136,6 +136,10 @@ def open_checkpoints(workdir: str) -> Checkpointer:
 def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int,
                    use_ema: bool):
     """The EMA (or raw) parameters of checkpoint `step`, sharded as in training."""
+    # Other shapes are named in one line (parameter and config keys), as when training resumes,
+    # instead of Orbax's advice about `strict`.
+    checkpointer.check_matches(experiment.spec, step, workdir_lib.explain_differences(
+        checkpointer.workdir, experiment.config))
     # The whole state is restored (optimizer moments too): it is what the spec describes, and
     # one restore per evaluated checkpoint is cheap next to sampling.
     state, _ = checkpointer.restore(experiment.spec, step)
@@ -165,6 +169,13 @@ def _load_diffjax_run(config, run: str, mesh):
         if step is None:
             raise FileNotFoundError(f"The first-stage run {run} has no checkpoint; train it "
                                     f"with --mode=train_autoencoder.")
+        # A run of another network (a diffusion workdir) is one line, not Orbax's listing of
+        # both trees.
+        explain = workdir_lib.explain_differences(run, ae_config)
+        checkpointer.check_matches(experiment.spec, step, lambda: (
+            f"{explain()} autoencoder.pretrained={run} must be a first-stage run "
+            f"(--mode=train_autoencoder writes WORKDIR/{AUTOENCODER_SUBDIR}) or a diffusers "
+            f"AutoencoderKL folder."))
         state, _ = checkpointer.restore(experiment.spec, step)
     finally:
         checkpointer.close()

@@ -235,6 +235,67 @@ def test_a_checkpoint_of_another_config_names_the_parameter_and_the_keys(trained
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # nothing moved
 
 
+def test_a_config_of_another_model_is_refused_when_training_resumes(trained, digits_config,
+                                                                   tmp_path):
+    """Same shapes, another model: VP weights resumed as EDM would train on nonsense."""
+    from diffjax.storage.workdir import RunMismatchError
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    record = (workdir / "config.json").read_text()
+    config = digits_config("test,edm")
+    config.training.num_train_steps = 9
+    with pytest.raises(RunMismatchError) as error:
+        train(config, str(workdir))
+    message = str(error.value)
+    assert "config.sde.name ('vp' -> 'edm')" in message and "\n" not in message
+    assert "config.model.parameterization ('eps' -> 'edm')" in message
+    assert (workdir / "config.json").read_text() == record  # the record is not overwritten
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+
+
+def test_a_finished_run_returns_without_compiling(trained, digits_config, tmp_path, caplog):
+    """A notebook rerun of `train` on a finished run: no data pipeline, no compilation."""
+    from diffjax.training.loop import train
+
+    workdir = copy_of(trained, tmp_path)
+    with caplog.at_level(logging.INFO):
+        summary = train(digits_config("test"), str(workdir))
+    assert summary["step"] == 6 and "nothing to train" in caplog.text
+    assert "Compiled the train step" not in caplog.text
+    assert summary["samples"].endswith("step_00000006.png")
+    for name, value in params_of(summary["state"]).items():
+        np.testing.assert_array_equal(value, trained[1][name], err_msg=name)
+
+
+def test_a_checkpoint_of_another_network_outside_training_is_one_line(trained, digits_config):
+    """Sampling, likelihoods and Python loads restore with `restore_params`; a first stage named
+    by autoencoder.pretrained is restored the same way. Both say what differs, in one line."""
+    from diffjax.experiment import build_experiment, load_first_stage, restore_params
+    from diffjax.storage.checkpoints import Checkpointer, CheckpointMismatchError
+
+    config = digits_config("test")
+    config.model.unet.nf = 16
+    checkpointer = Checkpointer(str(trained[0]), async_save=False, max_to_keep=None,
+                                create=False)
+    try:
+        with pytest.raises(CheckpointMismatchError) as error:
+            restore_params(build_experiment(config), checkpointer, 6, True)
+    finally:
+        checkpointer.close()
+    message = str(error.value)
+    assert "checkpoint 6" in message and "params/" in message
+    assert "config.model.unet.nf (8 -> 16)" in message and "strict" not in message
+
+    latent = digits_config("test,latent")
+    latent.autoencoder.pretrained = str(trained[0])  # a diffusion run, not a first stage
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_first_stage(latent)
+    message = str(error.value)
+    assert len(message) < 600 and "\n" not in message and "strict" not in message
+    assert f"autoencoder.pretrained={trained[0]} must be a first-stage run" in message
+
+
 def test_resume_writes_the_resolved_config(trained):
     recorded = json.loads((trained[0] / "config.json").read_text())
     assert recorded["model"]["unet"]["nf"] == 8 and recorded["training"]["num_train_steps"] == 6
@@ -263,6 +324,25 @@ def test_bad_configs_fail_before_data_or_compilation(tmp_path, override, expecte
     assert len(line) < 600  # no TFDS catalogue dump
 
 
+@pytest.mark.parametrize("mode, key, value, expected", [
+    ("sample", "labels", "grid", "sampling.labels='grid' is set, but this model is unconditional"),
+    ("sample", "guidance_scale", 3.0, "sampling.guidance_scale=3.0 is set"),
+    ("eval", "guidance_scale", 1.5, "sampling.guidance_scale=1.5 is set"),
+])
+def test_conditioning_an_unconditional_model_is_refused(digits_config, mode, key, value,
+                                                         expected):
+    from diffjax.modes import preflight
+
+    config = digits_config("test")
+    config.sampling[key] = value
+    with pytest.raises(preflight.ConfigError, match=expected):
+        preflight.validate(config, mode)
+    config = digits_config("test")
+    config.eval.sweep = "sampling.guidance_scale=1,2"
+    with pytest.raises(preflight.ConfigError, match="guidance_scale=2"):
+        preflight.validate(config, "eval")
+
+
 def test_a_conditional_model_on_data_without_labels_is_an_error(digits_config, monkeypatch):
     from diffjax import data as data_lib
     from diffjax.modes import preflight
@@ -287,6 +367,22 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
     assert result.returncode == 1
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
     assert "is a file, not a folder" in line and "Traceback" not in result.stderr
+
+
+def test_a_data_dir_that_is_a_file_names_the_key(digits_config, tmp_path):
+    from diffjax.data import DataError, dataset_builder
+
+    target = tmp_path / "tfds"
+    target.write_text("x")
+    for data_dir, problem in ((target, "is a file, not a folder"),
+                              (target / "sub", "is inside the file")):
+        config = digits_config("test")
+        config.data.data_dir = str(data_dir)
+        with pytest.raises(DataError) as error:
+            dataset_builder(config.data)
+        message = str(error.value)
+        assert message.startswith(f"data.data_dir='{data_dir}' {problem}")
+        assert "--config.data.data_dir" in message and "\n" not in message
 
 
 def test_a_failed_save_keeps_older_checkpoints_and_is_one_line(trained, digits_config,
@@ -386,6 +482,21 @@ def test_a_disk_that_fills_during_training_ends_in_one_line_keeping_the_older_ch
     assert f"newest complete checkpoint is step {complete[-1]}" in line, line
     assert "No space left on device" in line, line
     assert result.stderr.count("Traceback") == 0, result.stderr[-3000:]
+
+
+@needs_mounts
+def test_an_unwritable_data_dir_is_one_line_naming_the_key(tmp_path):
+    """digits is prepared on first use: a read-only data.data_dir fails before TFDS starts."""
+    script = (f'mount -o remount,ro $DISK && "$PYTHON" -m diffjax.main {TEST_CONFIG} '
+              f'--workdir={tmp_path}/run --mode=fid_stats --config.data.data_dir=$DISK/tfds; '
+              f'echo "rc=$?"')
+    result = _in_tmpfs(script, "1m", tmp_path)
+    assert "rc=1" in result.stdout, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert "data.data_dir=" in line and "is not writable" in line, line
+    assert "--config.data.data_dir" in line
+    assert "Downloading and preparing" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
 
 
 @needs_mounts

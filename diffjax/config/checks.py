@@ -42,6 +42,7 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.log_every_steps": _at_least(1),
     "training.checkpoint_every_steps": _at_least(1),
     "training.sample_every_steps": _at_least(1),
+    "training.eval_every_steps": _at_least(0),
     "training.max_checkpoints_to_keep": _at_least(1),
     "training.num_sample_images": _at_least(1),
     "training.ema_decay": _in_closed(0.0, 1.0),

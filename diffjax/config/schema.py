@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.log_every_steps = 100
     training.checkpoint_every_steps = 10_000
     training.sample_every_steps = 50_000
+    # Held-out loss (TensorBoard `eval_loss`): the objective on one fixed batch of
+    # data.eval_split with fixed noise, EMA weights, every N steps (score_sde's eval loss); 0 = off.
+    training.eval_every_steps = 1000
     training.max_checkpoints_to_keep = 3
     training.async_checkpointing = True
     training.num_sample_images = 64  # size of the sample grids written during training

@@ -10,6 +10,7 @@ of this is diffjax/data/loader.py.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from typing import Iterator
 
@@ -23,6 +24,20 @@ from diffjax.runtime.cli import UserError
 EMBEDDED_BUILDERS = {"digits": digits.Builder}
 
 
+class _NoOpenCVAdvice(logging.Filter):
+    """TFDS advises installing OpenCV (through absl's logger) the first time it decodes an image:
+    for diffjax's small images PIL is no bottleneck, and a notebook shows the advice as a
+    warning. Exactly that message is dropped; every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("OpenCV is not installed")
+
+
+# On absl's logger, where TFDS logs it, once per process (the CLI's log filters cover it too).
+if not any(isinstance(f, _NoOpenCVAdvice) for f in logging.getLogger("absl").filters):
+    logging.getLogger("absl").addFilter(_NoOpenCVAdvice())
+
+
 class DataError(UserError, RuntimeError):
     """A dataset that cannot be found or read; the message says how to fix it."""
 
@@ -31,13 +46,41 @@ def _data_dir(data_config) -> str | None:
     return os.path.expanduser(data_config.data_dir) if data_config.data_dir else None
 
 
+def _check_data_dir(data_dir: str | None, *, writes: bool) -> None:
+    """data.data_dir is a folder, and one TFDS can prepare a dataset in when it must: one line
+    naming the key instead of TFDS's progress lines and a bare NotADirectoryError."""
+    if not data_dir or "://" in data_dir:
+        return
+    fix = ("set --config.data.data_dir to a folder (created if missing), or to '' for TFDS's "
+           "default ~/tensorflow_datasets")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"data.data_dir={data_dir!r} is a file, not a folder; {fix}.")
+    existing = data_dir
+    while not os.path.exists(existing):  # the folder TFDS would create it in
+        existing = os.path.dirname(existing.rstrip("/")) or "."
+    if not os.path.isdir(existing):
+        raise DataError(f"data.data_dir={data_dir!r} is inside the file {existing}; {fix}.")
+    if writes and not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"data.data_dir={data_dir!r} is not writable ({existing}: permission "
+                        f"denied), and the dataset must be prepared there first; {fix} "
+                        f"you can write to.")
+
+
 def dataset_builder(data_config) -> tfds.core.DatasetBuilder:
     """The TFDS builder of `data.dataset`, preparing it first when it is an embedded dataset."""
     name, data_dir = data_config.dataset, _data_dir(data_config)
+    _check_data_dir(data_dir, writes=False)
     if name in EMBEDDED_BUILDERS:
         builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
-            builder.download_and_prepare()
+            _check_data_dir(data_dir, writes=True)
+            try:
+                builder.download_and_prepare()
+            except OSError as error:  # a full disk, a quota
+                raise DataError(f"{name!r} could not be prepared in data.data_dir="
+                                f"{data_dir or builder.data_dir_root!r} "
+                                f"({os.strerror(error.errno) if error.errno else error}); set "
+                                f"--config.data.data_dir to a folder with room.") from None
         return builder
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")

@@ -130,3 +130,15 @@ def check_latent_metadata(metadata: dict[str, Any], config, *, vae=None,
                 raise DataError(f"{where} were encoded with {key} {metadata[key]}, the decoding "
                                 f"VAE uses {getattr(vae, key)}; set --config.autoencoder.{key}="
                                 f"{metadata[key]}.")
+
+
+def check_first_stage(config, vae, *, required: bool) -> None:
+    """The first stage `vae` that decodes samples (or whose latents a model trains on) is the
+    one that encoded data.latent_dir: a first stage trained further since, or another VAE, is
+    one DataError naming the fix. Cheap: the latents' metadata and one hash of the VAE's
+    parameters. `required=False` (sampling) passes when the latents are gone."""
+    directory = config.data.latent_dir
+    if not required and not filesystem.exists(filesystem.join(directory,
+                                                               records.METADATA_FILE)):
+        return
+    check_latent_metadata(read_metadata(directory), config, vae=vae)

@@ -44,7 +44,7 @@ from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel.distributed import broadcast_from_chief
 from diffjax.runtime.console import progress_bar
 from diffjax.sampling.generate import draw_batch, make_generate_fn
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
@@ -175,7 +175,9 @@ class Evaluator:
 
     def restore(self, step: int, use_ema: bool):
         """The sampling parameters of `step`, or the reason they cannot be read."""
-        result = self.checkpointer.try_restore(self.experiment.spec, step)
+        result = self.checkpointer.try_restore(
+            self.experiment.spec, step,
+            workdir_lib.explain_differences(self.checkpointer.workdir, self.config))
         if isinstance(result, str):
             return result
         state, _ = result

@@ -183,6 +183,8 @@ def validate(config, mode: str):
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
              "set it to the number of classes")
+    if mode in ("sample", "eval"):
+        check_conditioning(config, mode)
     if mode == "train_autoencoder":
         from diffjax.latents.latent_mode import autoencoder_training_config
 
@@ -232,6 +234,17 @@ def _sampling_variants(config, mode: str) -> list:
         return [setting.config for setting in settings_from_config(config)]
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def check_conditioning(config, mode: str) -> None:
+    """sampling.labels or guidance on an unconditional model (every point of eval.sweep)."""
+    from diffjax.sampling.run import refuse_unused_conditioning
+
+    for variant in _sampling_variants(config, mode):
+        try:
+            refuse_unused_conditioning(variant, labels=mode == "sample")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def check_sample_mode(config) -> None:

@@ -31,9 +31,11 @@ per-example Langevin step sizes); the only cross-example quantities anywhere are
 ODE's scalar error norm and the Langevin step's batch-mean norms. Jitting a sampler with a
 batch-sharded output keeps the whole loop sharded.
 
-`generate.py` turns an experiment's network into the jitted sampling function every mode uses.
-Imports: diffusion (processes, parameterisations), experiment (generate.py), latents, data,
-parallel; never training, evaluation or the modes.
+`generate.py` turns an experiment's network into the jitted sampling function every mode uses;
+`run.py` is a trained run loaded from its workdir (`diffjax.load(workdir).sample(16)`).
+Imports: diffusion (processes, parameterisations), experiment (generate.py, run.py), latents,
+data, parallel, config and storage (run.py: the run's config.json); never training, evaluation
+or the modes.
 """
 
 from __future__ import annotations
