@@ -6,13 +6,14 @@ Files: `vocab.json` + `merges.txt` (or, lacking them, the BPE model inside `toke
 <|endoftext|>, SD 2.x and SDXL's `tokenizer_2` with "!" (id 0).
 
 Text is cleaned as OpenAI's `simple_tokenizer.py` (and open_clip's SimpleTokenizer) do:
-`ftfy.fix_text`, `html.unescape` twice, whitespace runs collapsed to one space, stripped,
-lowercased; then split with CLIP's regex (contractions, letter runs, single digits, symbol
-runs), each piece byte-level encoded and merged with the BPE ranks (`tokenizers` runs the
-merges). transformers' slow CLIPTokenizer did the same when ftfy was installed; its fast
-tokenizer (the only one in transformers 5) does NOT: it normalises with NFC + whitespace +
-lowercase only, so `&amp;`, curly quotes and mojibake tokenize differently there (the fixture
-records both).
+`ftfy.fix_text`, `html.unescape` twice, whitespace runs collapsed to one space (`str.split`, as
+open_clip; OpenAI's `regex` whitespace class differs only in not splitting at U+001C..U+001F),
+stripped, lowercased; then split with CLIP's regex (contractions, letter runs, single digits,
+symbol runs), each piece byte-level encoded and merged with the BPE ranks (`tokenizers` runs the
+merges). transformers differs: its slow CLIPTokenizer (transformers 4, with ftfy installed) ran
+ftfy + whitespace + lowercase but no HTML unescape, so `&amp;` stayed "&amp;"; its fast
+tokenizer (the only one in transformers 5) normalises with NFC + whitespace + lowercase only,
+so `&amp;`, curly quotes and mojibake all tokenize differently there (the fixture records it).
 
 A prompt becomes <|startoftext|> + tokens + <|endoftext|>, truncated to `model_max_length`
 (75 text tokens; the end token is kept, as the original's `tokens[-1] = eot` does; a logged

@@ -81,7 +81,7 @@ def multi_head_attention(query: jax.Array, key: jax.Array, value: jax.Array, num
         return x.reshape(b, x.shape[1], num_heads, head_dim)
 
     mask = None if key_mask is None else (key_mask != 0)[:, None, None, :]
-    # implementation=None lets JAX pick the fused cuDNN kernel on GPUs.
+    # implementation=None is XLA's attention in JAX 0.10 (cuDNN only when asked for by name).
     out = jax.nn.dot_product_attention(split(query), split(key), split(value), mask=mask,
                                        scale=head_dim ** -0.5, is_causal=is_causal,
                                        implementation=None)
