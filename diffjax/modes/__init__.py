@@ -47,12 +47,20 @@ def _fid_stats(config, workdir: str) -> dict[str, Any]:
 
 
 def _eval(config, workdir: str) -> dict[int, dict]:
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import evaluate_pipeline
+
+        return evaluate_pipeline(config, workdir)
     from diffjax.modes.evaluate import evaluate
 
     return evaluate(config, workdir)
 
 
 def _sample(config, workdir: str) -> dict[str, Any]:
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import sample_pipeline
+
+        return sample_pipeline(config, workdir)
     from diffjax.modes.sample import sample
 
     return sample(config, workdir)
