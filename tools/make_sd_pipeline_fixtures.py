@@ -24,8 +24,8 @@ tests/fixtures/sd_pipelines/<name>/ holds model_index.json (written by diffusers
 `save_pretrained`), scheduler/scheduler_config.json and components.json (component -> fixture
 folder). reference.npz holds, per pipeline and case, the prompts, negative prompts, steps,
 guidance, the initial latents (NHWC float32), the final latents and the images
-(`output_type="np"`), in float32 (as users run) and in float64 (the whole pipeline moved to
-float64), and for case 1 diffusers' prompt embeddings (float32).
+(`output_type="np"`) in float32, as users run (each component's float64 agreement is pinned by
+its own fixture), and for case 1 diffusers' prompt embeddings.
 
 Regenerate from the repository root with the reference environment (README, "Reference
 environments"): `toolsenv/bin/python tools/make_sd_pipeline_fixtures.py`. Tests:
@@ -172,8 +172,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in PIPELINES:
             folder = assemble(name, Path(tmp) / name, OUT, FIXTURES)
-            for dtype in (torch.float32, torch.float64):
-                run_cases(name, folder, dtype, out)
+            # float32, as users run: the components' float64 agreement is pinned by their own
+            # fixtures (text, sd_unet, vae, schedulers).
+            run_cases(name, folder, torch.float32, out)
     np.savez_compressed(OUT / "reference.npz", **out)
     size = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT} ({size:,} bytes)")
