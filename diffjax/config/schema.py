@@ -2,8 +2,8 @@
 
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
-Sections come in a fixed order: data, model, autoencoder, sde, training, optim, sampling, eval,
-mesh.
+Sections come in a fixed order: data, model, autoencoder, pipeline, sde, training, optim,
+sampling, eval, mesh.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 
@@ -109,6 +109,20 @@ def base_config() -> ml_collections.ConfigDict:
     autoencoder.train_batch_size = 64
     autoencoder.lr = 4.5e-6 * 64  # LDM: base lr 4.5e-6 scaled by the batch size
 
+    # A pretrained text-to-image pipeline: a diffusers folder (diffjax/pipelines/). When set,
+    # --mode=sample and --mode=eval draw images from it with sampling.prompts / eval.prompts
+    # instead of restoring a checkpoint; the diffusion keys above are then not used.
+    config.pipeline = pipeline = ml_collections.ConfigDict()
+    pipeline.folder = ""  # model_index.json + text_encoder(_2)/ tokenizer(_2)/ unet/ vae/ ...
+    pipeline.scheduler = ""  # "" = the folder's; or a class name, e.g. "EulerDiscreteScheduler"
+    pipeline.height = 0  # 0 = the folder's default (unet sample_size x VAE factor)
+    pipeline.width = 0
+    pipeline.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+    pipeline.clip_skip = 0  # SD 1.x / 2.x: take the text encoder's state k layers earlier
+    # Prompt cleaning: "clip" (the original CLIP tokenizer's: ftfy, HTML unescaped) or
+    # "transformers" (diffusers' fast tokenizer; differs on "&amp;", curly quotes, mojibake).
+    pipeline.tokenizer_cleaning = "clip"
+
     config.sde = sde = ml_collections.ConfigDict()
     # The diffusion process (diffjax/diffusion/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
     # "ddpm" (discrete, DiT/ADM), "flow" (flow matching / rectified flow), "edm".
@@ -212,6 +226,10 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
     sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
     sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
+    # Text-to-image (--mode=sample): a file with one prompt per line, or prompts separated by
+    # "|"; repeated to num_samples. The negative prompt applies to every image ("" = none).
+    sampling.prompts = ""
+    sampling.negative_prompt = ""
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.num_samples = 50_000
@@ -233,6 +251,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Cartesian sweep of sampler settings per checkpoint, e.g.
     # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
     evaluation.sweep = ""
+    # Text-to-image: the prompts evaluation samples from (a file, one per line, or "|"-separated),
+    # repeated to num_samples; stored in the report.
+    evaluation.prompts = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

@@ -1,7 +1,8 @@
 """Networks by name. Each is `net(x, noise_cond, labels, *, train) -> output like x`.
 
 Networks know nothing about processes: what their output means is diffjax.diffusion's.
-Imports: nothing else of diffjax but parallel's logical-axis names (by string).
+Imports: nothing else of diffjax but parallel's logical-axis names (by string), and storage for
+the diffusers U-Net's folders (sd_unet_weights.py).
 """
 
 from __future__ import annotations

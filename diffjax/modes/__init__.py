@@ -51,14 +51,22 @@ def _fid_stats(config, workdir: str) -> dict[str, Any]:
 
 
 def _eval(config, workdir: str) -> dict[int, dict]:
-    """FID/KID of checkpoints (resumable; sweeps over sampler settings)"""
+    """FID/KID of checkpoints (resumable; sweeps over sampler settings) or of a pipeline"""
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import evaluate_pipeline
+
+        return evaluate_pipeline(config, workdir)
     from diffjax.modes.evaluate import evaluate
 
     return evaluate(config, workdir)
 
 
 def _sample(config, workdir: str) -> dict[str, Any]:
-    """images of a checkpoint: a PNG grid, an .npz, optionally one PNG per image"""
+    """images of a checkpoint or a pipeline: a PNG grid, an .npz, optionally one PNG each"""
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import sample_pipeline
+
+        return sample_pipeline(config, workdir)
     from diffjax.modes.sample import sample
 
     return sample(config, workdir)

@@ -179,6 +179,8 @@ def validate(config, mode: str):
     from diffjax.experiment import build_experiment
 
     check_ranges(config)
+    if config.pipeline.folder:
+        return check_pipeline(config, mode)
     check_eval_selection(config)
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
@@ -259,3 +261,38 @@ def check_sample_mode(config) -> None:
         if config.sampling.method not in methods:
             fail("sampling.method", config.sampling.method, "cannot inpaint (replacement needs "
                  "fresh noise at every step)", f"use one of {methods} with sampling.inpaint")
+
+
+PIPELINE_MODES = ("sample", "eval")
+
+
+def check_pipeline(config, mode: str) -> None:
+    """A pretrained pipeline: the folder loads (classes, components, scheduler), prompts given,
+    the image size fits the VAE; for eval, the reference data as for checkpoints."""
+    from diffjax.latents.diffusers_weights import read_config
+    from diffjax.modes.pipeline import read_prompts
+    from diffjax.pipelines import read_pipeline_folder
+    from diffjax.pipelines.schedulers import SCHEDULERS, load_scheduler
+
+    p = config.pipeline
+    if mode not in PIPELINE_MODES:
+        fail("pipeline.folder", p.folder, f"is a pretrained pipeline, which --mode={mode} does "
+             f"not take", "use --mode=sample or --mode=eval, or unset pipeline.folder")
+    layout = read_pipeline_folder(p.folder)
+    load_scheduler(p.folder)
+    if p.scheduler and p.scheduler not in SCHEDULERS:
+        fail("pipeline.scheduler", p.scheduler, "is not a supported scheduler",
+             f"use one of {sorted(SCHEDULERS)} or '' for the folder's")
+    if p.dtype not in ("float32", "bfloat16"):
+        fail("pipeline.dtype", p.dtype, "is not a compute dtype", "use float32 or bfloat16")
+    factor = 2 ** (len(read_config(layout.component("vae"))["block_out_channels"]) - 1)
+    for key in ("height", "width"):
+        if int(p[key]) % factor:
+            fail(f"pipeline.{key}", p[key], f"is not a multiple of the VAE's factor {factor}",
+                 f"use a multiple of {factor} (or 0 for the folder's default)")
+    if mode == "sample":
+        read_prompts(config.sampling.prompts, "sampling.prompts")
+    else:
+        read_prompts(config.eval.prompts, "eval.prompts")
+        if not config.eval.reference_stats:
+            check_data(config, mode)
