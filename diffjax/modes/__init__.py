@@ -141,7 +141,8 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     # Relative latent paths (data.latent_dir, autoencoder.pretrained) are inside the workdir.
     config = latent_mode.resolve_paths(config, workdir)
     try:
-        if mode in READS_A_RUN:  # before anything is built (train checks when it resumes)
+        # Before anything is built (train checks when it resumes); a pipeline is no run.
+        if mode in READS_A_RUN and not config.pipeline.folder:
             workdir_lib.check_same_model(fs.absolute(workdir), config)
         preflight.validate(config, mode)
         result = MODES[mode](config, workdir)
