@@ -44,7 +44,7 @@ from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel.distributed import broadcast_from_chief
 from diffjax.runtime.console import progress_bar
 from diffjax.sampling.generate import draw_batch, make_generate_fn
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
@@ -295,6 +295,9 @@ def evaluate(config, workdir: str, *, out_dir: str | None = None,
     workdir = fs.absolute(workdir)
     config = resolve_paths(config, workdir)
     store = ReportStore(fs.absolute(out_dir) if out_dir else fs.join(workdir, "eval"))
+    if _is_chief():  # reports, samples and TensorBoard go there: a read-only workdir fails now
+        workdir_lib.check_writable(store.out_dir, "the evaluation folder",
+                                   workdir_lib.READ_ONLY_RUN_FIX)
     settings = settings_from_config(config)
     selection = str(config.eval.checkpoints).strip().lower()
     watching = selection == "watch"
