@@ -132,6 +132,7 @@ def trace_train_step(config, experiment) -> None:
 def check_latent_mode(config, mode: str) -> None:
     """The first stage exists and, for training, the latent dataset fits the config."""
     from diffjax.latents import latent_mode
+    from diffjax.latents.first_stage import is_diffjax_run
 
     if mode == "likelihood":
         fail("data.latent_dir", config.data.latent_dir, "is set, and bits/dim of latents are "
@@ -140,7 +141,7 @@ def check_latent_mode(config, mode: str) -> None:
         fail("sampling.inpaint", config.sampling.inpaint, "masks pixels, but this model "
              "samples latents", "inpaint with a pixel-space model")
     path = config.autoencoder.pretrained
-    if not latent_mode.is_diffjax_run(path) and not fs.exists(path):
+    if not is_diffjax_run(path) and not fs.exists(path):
         hint = ("train it first: --mode=train_autoencoder with the same --workdir"
                 if path.rstrip("/").endswith(latent_mode.AUTOENCODER_SUBDIR) else
                 "point --config.autoencoder.pretrained at a diffusers AutoencoderKL folder "
@@ -194,9 +195,11 @@ def validate(config, mode: str):
     from diffjax.latents.latent_mode import is_latent
 
     # A latent run trains without the image dataset (the latents name it); evaluation needs it
-    # only to compute reference statistics that eval.reference_stats does not provide.
+    # only to compute reference statistics that eval.reference_stats does not provide; sampling
+    # only to inpaint (a converted checkpoint samples without its training data).
     needs_images = not (is_latent(config) and mode in ("train", "sample")) and \
-        not (mode == "eval" and config.eval.reference_stats)
+        not (mode == "eval" and config.eval.reference_stats) and \
+        not (mode == "sample" and not config.sampling.inpaint)
     if needs_images:
         check_data(config, mode)
     if is_latent(config) or mode == "encode_latents":
@@ -207,6 +210,9 @@ def validate(config, mode: str):
         return None
     experiment = build_experiment(config)
     if mode in MODES_TRAINING:
+        if config.training.eps == 0 and not experiment.sde.allows_zero_eps:
+            fail("training.eps", 0.0, f"puts training times at t = 0, where the "
+                 f"{config.sde.name} process has no noise", "set it > 0 (e.g. 1e-5)")
         check_batch_divisibility(config, experiment.mesh)
         trace_train_step(config, experiment)
     if mode in MODES_SAMPLING:
