@@ -266,7 +266,7 @@ class Checkpointer:
         elif self.directory not in _UNVERIFIED_REPORTED:
             _UNVERIFIED_REPORTED.add(self.directory)
             logging.warning("Checkpoint %d in %s has no array digests (written before diffjax "
-                            "recorded them): restored unverified; older checkpoints of this "
+                            "recorded them): restored unverified; other such checkpoints of this "
                             "folder are not reported again.", step, self.directory)
         return restored["state"], data
 

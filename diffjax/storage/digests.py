@@ -78,9 +78,11 @@ _array_sums = jax.jit(array_sums)
 
 def leaf_digests(tree: Any) -> list[str]:
     """One digest string per leaf of `tree`, in `jax.tree.leaves` order (every process)."""
-    sums = [_array_sums(x) for x in jax.tree.leaves(tree)]
-    # Replicated uint32 pairs: every process reads its own copy.
-    return [f"{int(a):08x}{int(b):08x}" for a, b in (np.asarray(s) for s in jax.device_get(sums))]
+    # One at a time: several multi-device programs with collectives in flight at once can
+    # deadlock XLA:CPU's in-process all-reduce (its rendezvous threads starve each other).
+    # Each result is a replicated uint32 pair: every process reads its own copy.
+    sums = [np.asarray(_array_sums(x)) for x in jax.tree.leaves(tree)]
+    return [f"{int(a):08x}{int(b):08x}" for a, b in sums]
 
 
 def record(names: list[str], tree: Any) -> dict:
