@@ -297,6 +297,9 @@ def evaluate(config, workdir: str, *, out_dir: str | None = None,
     workdir = fs.absolute(workdir)
     config = resolve_paths(config, workdir)
     store = ReportStore(fs.absolute(out_dir) if out_dir else fs.join(workdir, "eval"))
+    if _is_chief():  # reports, samples and TensorBoard go there: a read-only workdir fails now
+        workdir_lib.check_writable(store.out_dir, "the evaluation folder",
+                                   workdir_lib.READ_ONLY_RUN_FIX)
     settings = settings_from_config(config)
     selection = str(config.eval.checkpoints).strip().lower()
     watching = selection == "watch"

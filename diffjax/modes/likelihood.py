@@ -26,7 +26,7 @@ from diffjax.experiment import build_experiment, open_checkpoints, restore_param
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
 from diffjax.runtime.console import progress_bar
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 
 
 def _local_batches(config, split: str, global_batch: int, max_examples: int):
@@ -55,6 +55,9 @@ def report_name(config, step: int, global_batch: int) -> str:
 
 
 def evaluate_likelihood(config, workdir: str) -> dict:
+    if jax.process_index() == 0:  # before the (long) solves: a read-only workdir fails now
+        workdir_lib.check_writable(fs.join(workdir, "eval"), "the evaluation folder",
+                                   workdir_lib.READ_ONLY_RUN_FIX)
     experiment = build_experiment(config)
     e_cfg, s_cfg = config.eval, config.sampling
     parallel = batch_axis_size(experiment.mesh)

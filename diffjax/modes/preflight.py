@@ -199,9 +199,11 @@ def validate(config, mode: str):
     from diffjax.latents.latent_mode import is_latent
 
     # A latent run trains without the image dataset (the latents name it); evaluation needs it
-    # only to compute reference statistics that eval.reference_stats does not provide.
+    # only to compute reference statistics that eval.reference_stats does not provide; sampling
+    # only to inpaint (a converted checkpoint samples without its training data).
     needs_images = not (is_latent(config) and mode in ("train", "sample")) and \
-        not (mode == "eval" and config.eval.reference_stats)
+        not (mode == "eval" and config.eval.reference_stats) and \
+        not (mode == "sample" and not config.sampling.inpaint)
     if needs_images:
         check_data(config, mode)
     if is_latent(config) or mode == "encode_latents":
@@ -212,6 +214,9 @@ def validate(config, mode: str):
         return None
     experiment = build_experiment(config)
     if mode in MODES_TRAINING:
+        if config.training.eps == 0 and not experiment.sde.allows_zero_eps:
+            fail("training.eps", 0.0, f"puts training times at t = 0, where the "
+                 f"{config.sde.name} process has no noise", "set it > 0 (e.g. 1e-5)")
         check_batch_divisibility(config, experiment.mesh)
         trace_train_step(config, experiment)
     if mode in MODES_SAMPLING:

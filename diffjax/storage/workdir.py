@@ -53,8 +53,15 @@ def _describe_os_error(error: OSError) -> str:
     return os.strerror(error.errno) if error.errno else str(error)
 
 
-def check_writable(directory: str, what: str = "--workdir") -> None:
-    """Creates `directory` if needed and proves a file can be written and removed in it."""
+READ_ONLY_RUN_FIX = ("make it writable, or copy the run (its checkpoints/ and config.json) to a "
+                     "folder you can write to and pass that as --workdir")
+
+
+def check_writable(directory: str, what: str = "--workdir",
+                   fix: str = "pass a folder you can write to") -> None:
+    """Creates `directory` if needed and proves a file can be written and removed in it.
+
+    `fix` ends the one-line message (what the user changes: a flag, a config key)."""
     if fs.is_local(directory) and os.path.exists(directory) and not os.path.isdir(directory):
         raise WorkdirError(errno.ENOTDIR, f"{what} {directory} is a file, not a folder; pass a "
                                           f"folder path (it is created if missing).")
@@ -65,8 +72,7 @@ def check_writable(directory: str, what: str = "--workdir") -> None:
         fs.remove(probe)
     except OSError as error:
         raise WorkdirError(error.errno, f"{what} {directory} is not writable "
-                                        f"({_describe_os_error(error)}); pass a folder you can "
-                                        f"write to.") from None
+                                        f"({_describe_os_error(error)}); {fix}.") from None
 
 
 def free_bytes(directory: str) -> int | None:
