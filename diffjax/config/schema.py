@@ -36,9 +36,21 @@ def base_config() -> ml_collections.ConfigDict:
     data.latent_dir = ""  # "" = train on pixels
     data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
     data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
+    # Text-to-image (diffjax/data/captions.py, diffjax/latents/text_cache.py): captions come from
+    # a TFDS text feature or an image folder; --mode=encode_latents caches the text encoder's
+    # outputs beside the latents (or, with cache_pixels, the images), so training runs no encoder.
+    data.caption_key = ""  # TFDS feature holding the captions, "/" for nesting: "captions/text"
+    data.image_folder = ""  # images + metadata.jsonl (file_name, text) or NAME.txt; replaces TFDS
+    data.text_encoder = ""  # "" = no text; "minilm", "bert" or "clip" (diffjax.text)
+    data.text_encoder_folder = ""  # the encoder's folder ("minilm": "" = the pip package)
+    data.text_max_length = 0  # tokens per caption; 0 = the encoder's own limit
+    data.captions_per_image = 1  # captions kept per image (training draws one per step)
+    data.skip_bad_examples = False  # skip (count, log) bad images/captions instead of stopping
+    data.cache_pixels = False  # encode_latents stores the images (pixel models), not latents
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
+    # (or "pixart": DiT with cross-attention to text, PixArt-alpha; sizes from model.dit)
     # What the output means (diffjax/diffusion/parameterization.py): "eps" (alias "noise"), "score", "x0", "v",
     # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
     model.parameterization = "eps"
@@ -150,6 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
     training.wandb_entity = ""
     training.wandb_run_name = ""  # also the W&B run id, so a resumed run continues it
     training.wandb_mode = "online"  # "online", "offline" or "disabled"
+    # Text models: probability of the null caption (classifier-free guidance), drawn in-graph;
+    # the null is the empty prompt's encoding ("empty", stored by encode_latents) or "zeros".
+    training.caption_dropout = 0.1
+    training.caption_null = "empty"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"  # "adam" or "adamw"
@@ -209,6 +225,9 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
     sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
     sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
+    # --mode=sample, text models: a file of prompts (one per line) or "a cat|a dog"; "" = captions
+    # of the cached dataset.
+    sampling.prompts = ""
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.num_samples = 50_000
@@ -230,6 +249,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Cartesian sweep of sampler settings per checkpoint, e.g.
     # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
     evaluation.sweep = ""
+    # Text models: prompt following of eval.prompt_num_samples samples: on digits the accuracy of
+    # a classifier trained on the real digits on prompts naming a digit; with a CLIP folder
+    # (transformers' CLIPModel layout) also the CLIP score of samples drawn from dataset captions.
+    evaluation.prompts = ""  # a file or "|"-list; "" = digits' own naming prompts
+    evaluation.prompt_num_samples = 200
+    evaluation.clip_model = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1
