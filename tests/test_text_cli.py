@@ -4,17 +4,19 @@ bit-identical to an uninterrupted one; 8 simulated devices equal to 1; a config 
 with the cache refused in one line."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from test_cli import read_params
 
 CONFIG = "--config=configs/digits.py:text,test"
 SUBSET = "--config.data.split=train[:48]"
 TRAIN = ("--config.training.num_train_steps=4", "--config.training.checkpoint_every_steps=2",
          "--config.training.sample_every_steps=4")
+CLIP = os.path.join(REPO, "tests", "fixtures", "text", "clip_model_tiny")  # random weights
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
@@ -51,12 +53,14 @@ def test_encode_train_sample_with_prompts_and_eval(trained):
 
     result = run_cli(CONFIG, f"--workdir={trained}", "--mode=eval",
                      "--config.eval.checkpoints=latest", "--config.eval.num_samples=8",
-                     "--config.eval.batch_size=8", "--config.eval.prompt_num_samples=10")
+                     "--config.eval.batch_size=8", "--config.eval.prompt_num_samples=10",
+                     f"--config.eval.clip_model={CLIP}")
     [report] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert np.isfinite(report["fid"]) and report["step"] == 4
     assert 0.0 <= report["prompt_accuracy"] <= 1.0
     assert report["classifier_test_accuracy"] > 0.95  # the ceiling the score is read against
     assert {"prompt_accuracy_seen", "prompt_accuracy_unseen"} <= set(report)
+    assert 0.0 <= report["clip_score"] <= 100.0 and 0.0 <= report["clip_score_prompts"] <= 100.0
 
 
 def test_resume_is_bit_identical(trained, tmp_path):

@@ -35,7 +35,9 @@ Differences from the reference, on purpose:
   mask); here the batch keeps its padded [B, L] layout with the padding masked on the keys,
   which computes the same attention. A row whose mask hides every token attends to all of its
   tokens instead of producing NaN;
-- drop_path and window attention (both off in PixArt-alpha's released models) are left out.
+- drop_path and window attention (both off in PixArt-alpha's released models) are left out;
+- initialisation: t_block's kernel is xavier-uniform (PixArt: N(0, 0.02)); every other layer
+  is initialised as PixArt initialises it.
 Sizes S/B/L/XL are DiT's (`dit.DIT_SIZES`).
 """
 

@@ -169,6 +169,9 @@ def check_text_mode(config, mode: str) -> None:
     from diffjax.latents import latent_mode, read_metadata, text_cache
 
     d = config.data
+    if mode == "likelihood":
+        fail("data.text_encoder", d.text_encoder, "is set, and bits/dim of text models are not "
+             "implemented", "use --mode=likelihood on an unconditional or class model")
     if config.model.conditional:
         fail("model.conditional", True, f"asks for class labels, but data.text_encoder="
              f"{d.text_encoder!r} conditions on text", "set --config.model.conditional=False")
