@@ -141,6 +141,7 @@ def trace_train_step(config, experiment) -> None:
 def check_latent_mode(config, mode: str) -> None:
     """The first stage exists and, for training, the latent dataset fits the config."""
     from diffjax.latents import latent_mode
+    from diffjax.latents.first_stage import is_diffjax_run
 
     if mode == "likelihood":
         fail("data.latent_dir", config.data.latent_dir, "is set, and bits/dim of latents are "
@@ -149,7 +150,7 @@ def check_latent_mode(config, mode: str) -> None:
         fail("sampling.inpaint", config.sampling.inpaint, "masks pixels, but this model "
              "samples latents", "inpaint with a pixel-space model")
     path = config.autoencoder.pretrained
-    if not latent_mode.is_diffjax_run(path) and not fs.exists(path):
+    if not is_diffjax_run(path) and not fs.exists(path):
         hint = ("train it first: --mode=train_autoencoder with the same --workdir"
                 if path.rstrip("/").endswith(latent_mode.AUTOENCODER_SUBDIR) else
                 "point --config.autoencoder.pretrained at a diffusers AutoencoderKL folder "
