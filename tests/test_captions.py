@@ -15,8 +15,8 @@ from diffjax.config.schema import base_config
 from diffjax.data import captions
 from diffjax.data.digits import captions as digit_captions
 from diffjax.data.pipeline import DataError
-from diffjax.latents import LatentSource, finalize, make_plan, read_metadata, text_cache
-from diffjax.latents import write_shards
+from diffjax.latents import (LatentSource, finalize, make_plan, read_metadata, text_cache,
+                             write_shards)
 from diffjax.text import load_text_encoder
 
 BERT = os.path.join(REPO, "tests", "fixtures", "text", "bert_tiny")

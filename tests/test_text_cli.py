@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 from test_cli import read_params
 

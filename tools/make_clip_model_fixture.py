@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig,
-                          CLIPTokenizer, CLIPVisionConfig)
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTokenizer,
+                          CLIPVisionConfig)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 ROOT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "text"

@@ -14,6 +14,7 @@ cached text encoder outputs of text-to-image datasets).
 Imports: data, parallel, storage, text; never experiment or anything above it.
 """
 
+from diffjax.latents import text_cache
 from diffjax.latents.autoencoder import AutoencoderKL
 from diffjax.latents.diffusers_weights import save_diffusers_folder
 from diffjax.latents.first_stage import (build_autoencoder, latent_scale_shift, latent_shape,
@@ -24,7 +25,6 @@ from diffjax.latents.posterior import (kl_to_standard_normal, sample_model_laten
 from diffjax.latents.reader import (LatentSource, check_latent_metadata, read_latent_batch,
                                     read_metadata)
 from diffjax.latents.vae import VAE, load_vae
-from diffjax.latents import text_cache
 from diffjax.latents.writer import LatentPlan, finalize, make_plan, write_shards
 
 __all__ = [

@@ -191,9 +191,15 @@ def check_text_mode(config, mode: str) -> None:
         fail("data.latent_dir", "", "is empty, but a text model trains on cached text-encoder "
              "outputs", "set it (e.g. latents) and run --mode=encode_latents first")
     try:
-        text_cache.conditioning_shapes(config)  # the encoder's files exist
+        length = text_cache.conditioning_shapes(config)[0]  # the encoder's files exist
     except (OSError, ValueError) as error:
         raise ConfigError(f"config.data.text_encoder={d.text_encoder!r}: {error}") from None
+    if d.text_encoder == "clip" and d.text_max_length not in (0, length):
+        fail("data.text_max_length", d.text_max_length, f"differs from the CLIP tokenizer's "
+             f"{length} tokens", "set it to 0 (CLIP's own length)")
+    if mode == "eval" and d.image_folder and not config.eval.reference_stats:
+        fail("eval.reference_stats", "", "is empty, and the FID of an image-folder dataset "
+             "needs reference statistics", "pass an .npz with mu and sigma of its images")
     if mode == "encode_latents":
         if d.image_folder:
             if not fs.is_dir(d.image_folder):
@@ -217,10 +223,8 @@ def check_text_mode(config, mode: str) -> None:
 
 def trace_sampler(config, experiment, batch_size: int) -> None:
     from diffjax import sampling
-    from diffjax.experiment import score_fn_for
+    from diffjax.experiment import example_condition, is_guided, score_fn_for
     from diffjax.sampling.generate import image_shape
-
-    from diffjax.experiment import example_condition, is_guided
 
     labels = example_condition(config, batch_size)
     guidance = float(config.sampling.guidance_scale) if is_guided(config) else 1.0

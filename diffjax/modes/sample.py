@@ -33,8 +33,7 @@ import numpy as np
 
 from diffjax import data as data_lib, sampling
 from diffjax.diffusion.masks import load_mask
-from diffjax.experiment import build_experiment, load_first_stage, restore_params
-from diffjax.experiment import is_guided
+from diffjax.experiment import build_experiment, is_guided, load_first_stage, restore_params
 from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.outputs import images
