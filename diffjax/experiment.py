@@ -8,6 +8,11 @@ network's output means.
 A network is `net(x_in, noise_cond, labels)`; `network()` binds a module to its parameters and
 `score_fn_for()` turns that into the model function (a score function that also gives x0/eps
 predictions) every sampler and loss takes.
+
+`labels` is the conditioning pytree: None (unconditional), int32 class ids [B]
+(`model.conditional`), or for text models (`data.text_encoder`) the cached text encoder
+outputs {"states": [B, L, D] float32, "mask": [B, L] int32, "pooled": [B, P] float32}.
+`null_condition` is what classifier-free guidance and caption dropout put in its place.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from diffjax import latents
 from diffjax.diffusion.guidance import CONDITIONAL, classifier_free_guidance
 from diffjax.diffusion.parameterization import ModelFn, get_parameterization, make_score_fn
 from diffjax.diffusion.processes import LinearSDE, get_process
+from diffjax.latents import text_cache
 from diffjax.latents.first_stage import is_diffjax_run
 from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config,
                                          model_input_shape)
@@ -72,8 +78,34 @@ def example_input(config, task: str = "diffusion") -> tuple:
         d = config.data
         return (jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32),)
     x = jnp.zeros((1, *model_input_shape(config)), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32) if config.model.conditional else None
-    return x, jnp.zeros((1,), jnp.float32), labels
+    return x, jnp.zeros((1,), jnp.float32), example_condition(config, 1)
+
+
+def is_guided(config) -> bool:
+    """The model takes a condition, so classifier-free guidance applies: classes or text."""
+    return bool(config.model.conditional) or text_cache.is_text(config)
+
+
+def example_condition(config, batch: int, abstract: bool = False):
+    """A batch of the config's conditioning (zeros; ShapeDtypeStructs when `abstract`), or None."""
+    if text_cache.is_text(config):
+        length, width, pooled = text_cache.conditioning_shapes(config)
+        shapes = {"states": ((batch, length, width), jnp.float32),
+                  "mask": ((batch, length), jnp.int32), "pooled": ((batch, pooled), jnp.float32)}
+    elif config.model.conditional:
+        shapes = {"labels": ((batch,), jnp.int32)}
+    else:
+        return None
+    made = {k: jax.ShapeDtypeStruct(*v) if abstract else jnp.zeros(*v) for k, v in shapes.items()}
+    return made["labels"] if "labels" in made else made
+
+
+def null_condition(config):
+    """The null of classifier-free guidance for one example: the null class id, or the null
+    caption's encoding stored by encode_latents (text_cache.null_conditioning)."""
+    if text_cache.is_text(config):
+        return {k: jnp.asarray(v) for k, v in text_cache.null_conditioning(config).items()}
+    return config.data.num_classes
 
 
 def build_experiment(config, devices=None, task: str = "diffusion") -> Experiment:
@@ -110,11 +142,11 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
     """
     net = network(model, params, train=train, dropout_rng=dropout_rng)
     m = config.model
-    learned_variance = bool(m.name == "dit" and m.dit.learn_sigma)
+    learned_variance = bool(m.name in ("dit", "pixart") and m.dit.learn_sigma)
     if guidance_scale != CONDITIONAL and labels is not None:
         channels = int(config.sampling.get("guidance_channels", 0) or 0) or \
             (model_input_shape(config)[-1] if learned_variance else None)
-        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes,
+        net = classifier_free_guidance(net, guidance_scale, null=null_condition(config),
                                        guided_channels=channels)
     scaled = m.scale_input or get_parameterization(m.parameterization).always_scale_input
     return make_score_fn(

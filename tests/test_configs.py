@@ -11,12 +11,14 @@ import pytest
 from conftest import REPO
 
 from diffjax.config.schema import base_config
+from diffjax.experiment import example_condition
 from diffjax.models import build_model
 
 SECTION_ORDER = ["data", "model", "autoencoder", "pipeline", "sde", "training", "optim",
                  "sampling", "eval", "mesh"]
 CONFIGS = {
-    "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit"],
+    "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit", "text",
+                  "text,test"],
     "cifar10_ddpmpp_vp.py": [None, "deep"],
     "cifar10_ddpmpp_subvp.py": [None, "deep"],
     "cifar10_ncsnpp_ve.py": [None, "deep"],
@@ -86,7 +88,7 @@ def test_config_schema_and_model(name, arg):
         return
     model = build_model(config)
     x = jax.ShapeDtypeStruct((2, *network_input_shape(config)), jnp.float32)
-    labels = jax.ShapeDtypeStruct((2,), jnp.int32) if config.model.conditional else None
+    labels = example_condition(config, 2, abstract=True)  # class ids, text states or None
     noise = jax.ShapeDtypeStruct((2,), jnp.float32)
     variables = jax.eval_shape(
         lambda x, c, y: model.init(jax.random.key(0), x, c, y, train=False), x, noise, labels)

@@ -36,9 +36,21 @@ def base_config() -> ml_collections.ConfigDict:
     data.latent_dir = ""  # "" = train on pixels
     data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
     data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
+    # Text-to-image (diffjax/data/captions.py, diffjax/latents/text_cache.py): captions come from
+    # a TFDS text feature or an image folder; --mode=encode_latents caches the text encoder's
+    # outputs beside the latents (or, with cache_pixels, the images), so training runs no encoder.
+    data.caption_key = ""  # TFDS feature holding the captions, "/" for nesting: "captions/text"
+    data.image_folder = ""  # images + metadata.jsonl (file_name, text) or NAME.txt; replaces TFDS
+    data.text_encoder = ""  # "" = no text; "minilm", "bert" or "clip" (diffjax.text)
+    data.text_encoder_folder = ""  # the encoder's folder ("minilm": "" = the pip package)
+    data.text_max_length = 0  # tokens per caption; 0 = the encoder's own limit
+    data.captions_per_image = 1  # captions kept per image (training draws one per step)
+    data.skip_bad_examples = False  # skip (count, log) bad images/captions instead of stopping
+    data.cache_pixels = False  # encode_latents stores the images (pixel models), not latents
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
+    # (or "pixart": DiT with cross-attention to text, PixArt-alpha; sizes from model.dit)
     # What the output means (diffjax/diffusion/parameterization.py): "eps" (alias "noise"), "score", "x0", "v",
     # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
     model.parameterization = "eps"
@@ -167,6 +179,10 @@ def base_config() -> ml_collections.ConfigDict:
     training.wandb_entity = ""
     training.wandb_run_name = ""  # also the W&B run id, so a resumed run continues it
     training.wandb_mode = "online"  # "online", "offline" or "disabled"
+    # Text models: probability of the null caption (classifier-free guidance), drawn in-graph;
+    # the null is the empty prompt's encoding ("empty", stored by encode_latents) or "zeros".
+    training.caption_dropout = 0.1
+    training.caption_null = "empty"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"  # "adam" or "adamw"
@@ -226,8 +242,9 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
     sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
     sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
-    # Text-to-image (--mode=sample): a file with one prompt per line, or prompts separated by
-    # "|"; repeated to num_samples. The negative prompt applies to every image ("" = none).
+    # --mode=sample: a file of prompts (one per line) or "a cat|a dog", repeated to
+    # num_samples; for a trained text model "" = captions of the cached dataset. The
+    # negative prompt (Stable Diffusion pipelines) applies to every image ("" = none).
     sampling.prompts = ""
     sampling.negative_prompt = ""
 
@@ -251,9 +268,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Cartesian sweep of sampler settings per checkpoint, e.g.
     # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
     evaluation.sweep = ""
-    # Text-to-image: the prompts evaluation samples from (a file, one per line, or "|"-separated),
-    # repeated to num_samples; stored in the report.
-    evaluation.prompts = ""
+    # Text models: prompt following of eval.prompt_num_samples samples: on digits the accuracy of
+    # a classifier trained on the real digits on prompts naming a digit; with a CLIP folder
+    # (transformers' CLIPModel layout) also the CLIP score of samples drawn from dataset captions.
+    # Pipelines (pipeline.folder): the prompts FID samples from, repeated to num_samples.
+    evaluation.prompts = ""  # a file or "|"-list; "" = digits' own naming prompts
+    evaluation.prompt_num_samples = 200
+    evaluation.clip_model = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

@@ -21,7 +21,8 @@ from diffjax.data import digits
 from diffjax.runtime.cli import UserError
 
 # Datasets that ship with the package (no download); every other name goes to the TFDS catalog.
-EMBEDDED_BUILDERS = {"digits": digits.Builder}
+EMBEDDED_BUILDERS = {"digits": digits.Builder,
+                     "digits_captioned": digits.CaptionedBuilder}
 
 
 class _NoOpenCVAdvice(logging.Filter):
@@ -103,7 +104,7 @@ def dataset_builder(data_config) -> tfds.core.DatasetBuilder:
 def data_source(data_config, split: str):
     """Random-access source of a split (ArrayRecord), with a clear error for other formats."""
     builder = dataset_builder(data_config)
-    if split not in builder.info.splits:
+    if split.split("[")[0] not in builder.info.splits:  # a slice "train[:64]" reads randomly too
         raise DataError(
             f"Split {split!r} does not exist in {data_config.dataset!r}; "
             f"it has {sorted(builder.info.splits)}."

@@ -88,8 +88,9 @@ class EvalSetting:
 
     def signature(self, reference_name: str) -> dict[str, Any]:
         c = self.config
-        conditional = bool(c.model.conditional)
-        return {
+        text = bool(c.data.get("text_encoder", ""))
+        conditional = bool(c.model.conditional) or text
+        signature = {
             "sampler": c.sampling.method,
             "options": sampling.sampler_options(c.sampling),
             "guidance_scale": float(c.sampling.guidance_scale) if conditional else None,
@@ -101,6 +102,12 @@ class EvalSetting:
             "dequantize": bool(c.data.dequantize),
             "reference": reference_name,
         }
+        if text:  # what else a text model's report measures
+            signature.update(prompts=str(c.eval.prompts),
+                             prompt_num_samples=int(c.eval.prompt_num_samples),
+                             clip_model=str(c.eval.clip_model),
+                             caption_null=str(c.training.caption_null))
+        return signature
 
     def slug(self, reference_name: str) -> str:
         c = self.config
@@ -108,7 +115,7 @@ class EvalSetting:
         parts = [c.sampling.method]
         if "num_steps" in options:
             parts.append(f"{options['num_steps']}steps")
-        if c.model.conditional:
+        if c.model.conditional or c.data.get("text_encoder", ""):
             parts.append(f"cfg{float(c.sampling.guidance_scale):g}")
         if not c.sampling.use_ema:
             parts.append("raw")

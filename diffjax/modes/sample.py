@@ -8,6 +8,10 @@ Settings (all under `config.sampling`):
                      clean-fid and torch-fidelity read)
     inpaint          fill in a masked region of data.eval_split images instead (a mask name or
                      file, see `diffjax.diffusion.masks`); the grid shows masked input | result | original
+    prompts          text models: a file of prompts (one per line) or "a|b|c", encoded by the
+                     run's text encoder; num_samples / len(prompts) images per prompt, one grid
+                     row each; the .npz holds the prompts ("prompts", and "prompt_index" per
+                     image). Empty: the first caption of cached records spread over the data
 plus the sampler settings. Output names carry the step, the main settings, and a hash of every
 setting that changes the images (each sampler option such as DDIM's eta, guidance, labels, the
 weights, the count, the batch the noise is drawn in, the seed), so a second run with other
@@ -33,7 +37,8 @@ import numpy as np
 
 from diffjax import data as data_lib, sampling
 from diffjax.diffusion.masks import load_mask
-from diffjax.experiment import build_experiment, load_first_stage, restore_params
+from diffjax.experiment import build_experiment, is_guided, load_first_stage, restore_params
+from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.latents.reader import check_first_stage
 from diffjax.outputs import images
@@ -63,10 +68,16 @@ def output_name(config, step: int) -> str:
     options = sampling.sampler_options(s)
     parts = [f"step{step}", s.method + (f"-{options['num_steps']}steps"
                                         if "num_steps" in options else "")]
-    if config.model.conditional:
+    if is_guided(config):
         parts.append(f"cfg{float(s.guidance_scale):g}")
-        if str(s.labels).strip():
+        if str(s.labels).strip() and config.model.conditional:
             parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
+        if text_cache.is_text(config):
+            import hashlib
+
+            spec = str(s.get("prompts", "")).strip()
+            parts.append("prompts-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+                         if spec else "captions")
     if not s.use_ema:
         parts.append("raw")
     if s.inpaint:
@@ -96,12 +107,39 @@ def _known_images(config, count: int) -> np.ndarray:
     return 2.0 * x - 1.0 if config.data.centered else x
 
 
+def text_conditions(config, num_samples: int) -> tuple[dict, list[str], np.ndarray]:
+    """(conditioning of each sample, the prompts, each sample's prompt index) of a text model:
+    sampling.prompts encoded by the run's encoder, each repeated num_samples // len(prompts)
+    times in a row; or, without prompts, cached captions of records spread over the data."""
+    from diffjax.sampling.prompts import PromptEncoder, cached_conditions, read_prompts
+
+    prompts = read_prompts(config.sampling.prompts, allow_empty=True)
+    if not prompts:
+        size = _cached_records(config)
+        records = np.linspace(0, size - 1, num_samples).astype(np.int64)
+        cond, prompts = cached_conditions(config.data.latent_dir, records)
+        return cond, prompts, np.arange(num_samples)
+    per_prompt = max(num_samples // len(prompts), 1)
+    index = np.resize(np.repeat(np.arange(len(prompts)), per_prompt), num_samples)
+    encoded = PromptEncoder(config)(prompts)
+    return {k: v[index] for k, v in encoded.items()}, prompts, index
+
+
+def _cached_records(config) -> int:
+    from diffjax.latents import read_metadata
+
+    return int(read_metadata(config.data.latent_dir)["num_records"])
+
+
 def _write_outputs(config, out_dir: str, name: str, pixels: np.ndarray,
-                   labels: np.ndarray | None, grid: np.ndarray, summary: dict) -> dict:
+                   labels: np.ndarray | None, grid: np.ndarray, summary: dict,
+                   prompts: tuple | None = None) -> dict:
     png = images.save_png(fs.join(out_dir, f"{name}.png"), grid)
     buffer = io.BytesIO()
-    np.savez(buffer, **({"images": pixels} if labels is None else
-                        {"images": pixels, "labels": labels}))
+    arrays = {"images": pixels} if labels is None else {"images": pixels, "labels": labels}
+    if prompts is not None:
+        arrays.update(prompts=np.asarray(prompts[0]), prompt_index=prompts[1])
+    np.savez(buffer, **arrays)
     npz = fs.write_atomic(fs.join(out_dir, f"{name}.npz"), buffer.getvalue())
     fs.write_atomic(fs.join(out_dir, f"{name}.json"), json.dumps(summary, indent=2) + "\n")
     paths = {"png": png, "npz": npz}
@@ -138,6 +176,7 @@ def sample(config, workdir: str) -> dict[str, Any]:
                        "the samples folder" if existing else "--workdir")
     experiment = build_experiment(config)
     labels_wanted = requested_labels(config, num_samples)
+    text = text_conditions(config, num_samples) if text_cache.is_text(config) else None
     mask = load_mask(s_cfg.inpaint, config.data.image_size) if s_cfg.inpaint else None
     known = _known_images(config, num_samples) if mask is not None else None
     checkpointer = Checkpointer(workdir, async_save=False, max_to_keep=None, create=False)
@@ -175,7 +214,8 @@ def sample(config, workdir: str) -> dict[str, Any]:
             bar = progress_bar(num_samples, f"Sampling step {step}", enabled=is_chief)
             pixels, labels, nfe = draw_samples(
                 config, generate, params, num_samples, batch_size, seed=int(config.seed),
-                labels=labels_wanted, extra_inputs=known_rows if mask is not None else None,
+                labels=text[0] if text is not None else labels_wanted,
+                extra_inputs=known_rows if mask is not None else None,
                 progress=bar.update)
             bar.close()
     finally:
@@ -185,8 +225,10 @@ def sample(config, workdir: str) -> dict[str, Any]:
     summary = {"step": int(step), "num_samples": num_samples, "nfe": nfe,
                "sampler": s_cfg.method, "options": sampling.sampler_options(s_cfg),
                "use_ema": bool(s_cfg.use_ema), "seed": int(config.seed), "name": name,
-               "guidance_scale": float(s_cfg.guidance_scale) if config.model.conditional
+               "guidance_scale": float(s_cfg.guidance_scale) if is_guided(config)
                else None, "inpaint": s_cfg.inpaint or None}
+    if text is not None:
+        summary["prompts"] = list(text[1])
     if not is_chief:
         return summary
     if mask is not None:
@@ -199,8 +241,11 @@ def sample(config, workdir: str) -> dict[str, Any]:
         columns = None
         if labels is not None and str(s_cfg.labels).strip() == "grid":
             columns = max(num_samples // config.data.num_classes, 1)
+        if text is not None and str(s_cfg.prompts).strip():
+            columns = max(num_samples // len(text[1]), 1)
         grid = images.make_grid(pixels, columns=columns)
-    paths = _write_outputs(config, out_dir, name, pixels, labels, grid, summary)
+    paths = _write_outputs(config, out_dir, name, pixels, labels, grid, summary,
+                           None if text is None else (text[1], text[2]))
     logging.info("Sampled %d images from checkpoint %d.", num_samples, step)
     lines = "\n".join(f"  {kind}: {path}" for kind, path in paths.items())
     print(f"Samples of step {step} ({num_samples} images, {s_cfg.method}, {nfe} NFE):\n"

@@ -163,6 +163,10 @@ class CLIPTokenizer:
                                                  add_special_tokens=False)
         return [e.ids for e in encodings]
 
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt with the start and end tokens, before truncation."""
+        return [len(ids) + 2 for ids in self.text_tokens(prompts)]
+
     def decode(self, ids: Sequence[int]) -> str:
         text = self._tokenizer.decode(list(ids), skip_special_tokens=False)
         return text.replace(END_OF_WORD, " ").strip()

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from diffjax import data as data_lib
 from diffjax.experiment import Experiment, build_experiment, load_first_stage
 from diffjax.latents import LatentSource
-from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.latents.latent_mode import is_latent, resolve_paths, uses_cache
 from diffjax.latents.reader import check_first_stage
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
@@ -142,7 +142,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        source=LatentSource(config.data.latent_dir) if is_latent(config) else None),
+        source=LatentSource(config.data.latent_dir) if uses_cache(config) else None),
         batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
