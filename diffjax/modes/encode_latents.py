@@ -39,7 +39,7 @@ def encode_latents(config, workdir: str) -> dict[str, Any]:
         raise DataError("--mode=encode_latents needs --config.data.latent_dir (where to write "
                         "the latents; a relative path is inside --workdir).")
     split = config.data.split
-    text, text_fn, encoder = None, None, None
+    text, encoder = None, None
     if text_cache.is_text(config):
         encoder = text_cache.encoder_from_config(config)
         captioned = captioned_source(config, split)
@@ -54,6 +54,7 @@ def encode_latents(config, workdir: str) -> dict[str, Any]:
         def text_fn(captions):
             return text_cache.encode_captions(encoder, captions, per_image)
     else:
+        text_fn = None
         source = data_lib.data_source(config.data, split)
     # This process's devices: processes encode independently. Pixel caches need no first stage.
     vae = None if config.data.cache_pixels else load_first_stage(config)

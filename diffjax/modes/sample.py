@@ -73,8 +73,6 @@ def output_name(config, step: int) -> str:
         if str(s.labels).strip() and config.model.conditional:
             parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
         if text_cache.is_text(config):
-            import hashlib
-
             spec = str(s.get("prompts", "")).strip()
             parts.append("prompts-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
                          if spec else "captions")

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.storage import torch_layout
-from diffjax.text import clip_weights, folders, layers
+from diffjax.text import folders, layers
 from diffjax.text.clip import CLIPEncoder, CLIPTextConfig, CLIPTextModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
