@@ -20,7 +20,7 @@ both projections, logit_scale) and its outputs, for diffjax.text.clip_vision (CL
     `captions`) with transformers' features in float64, and `pair_scores`.
 
 Regenerate from the repository root (reference env):
-    /work/toolsenv/bin/python tools/make_clip_model_fixture.py
+    toolsenv/bin/python tools/make_clip_model_fixture.py
 Test: tests/test_clip_vision.py.
 """
 

