@@ -26,8 +26,8 @@ import numpy as np
 
 from diffjax.config.loading import load_recorded, set_field
 from diffjax.diffusion.guidance import grid_labels
-from diffjax.experiment import (Experiment, build_experiment, load_first_stage, open_checkpoints,
-                                restore_params)
+from diffjax.experiment import (Experiment, build_experiment, is_guided, load_first_stage,
+                                open_checkpoints, restore_params)
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.latents.reader import check_first_stage
 from diffjax.sampling.generate import draw_batch, make_generate_fn
@@ -46,7 +46,7 @@ def refuse_unused_conditioning(config, *, labels: bool = True) -> None:
     if labels and str(s.labels).strip():
         raise ValueError(f"sampling.labels={s.labels!r} is set, but this model is unconditional "
                          f"(model.conditional=False); leave sampling.labels empty.")
-    if float(s.guidance_scale) != 1.0:
+    if float(s.guidance_scale) != 1.0 and not is_guided(config):  # text models are guided
         raise ValueError(f"sampling.guidance_scale={s.guidance_scale} is set, but this model is "
                          f"unconditional (model.conditional=False) and has no guidance; leave "
                          f"it at 1.")
@@ -60,19 +60,21 @@ def draw_samples(config, generate: Callable, params, num_samples: int, batch_siz
     """(uint8 images [num_samples, H, W, C], labels or None, largest NFE) in batches of
     `batch_size`; batch i draws from fold_in(key(seed, SAMPLE_SALT), i).
 
-    `labels` (conditional models): one per sample, or None for uniformly random ones.
+    `labels` (conditional models): one per sample, or None for uniformly random ones; for text
+    models the conditioning dict (states, mask, pooled), one row per sample.
     `extra_inputs(rows)`: more inputs of `generate` for those rows (inpainting).
     """
     base = jax.random.fold_in(jax.random.key(seed), SAMPLE_SALT)
     parts, label_parts, nfes = [], [], []
     for i in range(math.ceil(num_samples / batch_size)):
         rows = slice(i * batch_size, (i + 1) * batch_size)
-        wanted = None if labels is None else np.resize(labels[rows], batch_size)
+        wanted = None if labels is None else jax.tree.map(
+            lambda v: np.resize(v[rows], (batch_size, *v.shape[1:])), labels)
         extra = extra_inputs(rows) if extra_inputs is not None else ()
         pixels, drawn, nfe = draw_batch(config, generate, params, jax.random.fold_in(base, i),
                                         batch_size, labels=wanted, extra_inputs=extra)
         parts.append(pixels)
-        label_parts.append(drawn)
+        label_parts.append(None if isinstance(drawn, dict) else drawn)
         nfes.append(nfe)
         if progress is not None:
             progress(min(batch_size, num_samples - i * batch_size))
@@ -126,7 +128,7 @@ class Run:
         if "use_ema" in overrides:
             raise ValueError("use_ema picks the weights that are loaded: pass it to "
                              "diffjax.load(workdir, use_ema=False).")
-        if not self.config.model.conditional and "guidance_scale" in overrides and \
+        if not is_guided(self.config) and "guidance_scale" in overrides and \
                 float(overrides["guidance_scale"]) != 1.0:
             raise ValueError(f"guidance_scale={overrides['guidance_scale']}: this run is "
                              f"unconditional (model.conditional=False) and has no guidance.")
