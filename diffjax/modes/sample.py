@@ -55,6 +55,8 @@ def output_name(config, step: int) -> str:
         parts.append("raw")
     if s.inpaint:
         parts.append("inpaint-" + fs.as_path(s.inpaint).stem)
+    if config.model.controlnet:
+        parts.append(f"controlnet-{config.model.controlnet}")
     parts += [f"n{int(s.num_samples)}", f"seed{int(config.seed)}"]
     return "_".join(parts)
 
@@ -115,6 +117,12 @@ def sample(config, workdir: str) -> dict[str, Any]:
     labels_wanted = requested_labels(config, num_samples)
     mask = load_mask(s_cfg.inpaint, config.data.image_size) if s_cfg.inpaint else None
     known = _known_images(config, num_samples) if mask is not None else None
+    # A ControlNet run draws one image per conditioning of a data.eval_split image.
+    conditions = None
+    if config.model.controlnet:
+        from diffjax.sampling.controlnet import split_conditions
+
+        conditions = split_conditions(config, num_samples)
     if not fs.is_dir(fs.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first "
                                 f"(--mode=train --workdir={workdir}).")
@@ -140,6 +148,11 @@ def sample(config, workdir: str) -> dict[str, Any]:
             if mask is not None:
                 generate = make_inpaint_fn(config, experiment.model, experiment.sde,
                                            experiment.mesh, batch_size)
+            elif conditions is not None:
+                from diffjax.sampling.controlnet import make_controlnet_generate_fn
+
+                generate = make_controlnet_generate_fn(config, experiment.model, experiment.sde,
+                                                       experiment.mesh, batch_size)
             else:
                 generate = make_generate_fn(config, experiment.model, experiment.sde,
                                             experiment.mesh, batch_size, decoder=decoder)
@@ -156,6 +169,9 @@ def sample(config, workdir: str) -> dict[str, Any]:
                 if mask is not None:
                     chunk = known[rows]
                     extra = (np.resize(chunk, (batch_size, *chunk.shape[1:])), mask)
+                elif conditions is not None:
+                    chunk = conditions[0][rows]
+                    extra = (np.resize(chunk, (batch_size, *chunk.shape[1:])),)
                 pixels, labels, nfe = draw_batch(config, generate, params,
                                                  jax.random.fold_in(base, i), batch_size,
                                                  labels=labels, extra_inputs=extra)
@@ -175,9 +191,18 @@ def sample(config, workdir: str) -> dict[str, Any]:
                "use_ema": bool(s_cfg.use_ema), "seed": int(config.seed), "name": name,
                "guidance_scale": float(s_cfg.guidance_scale) if config.model.conditional
                else None, "inpaint": s_cfg.inpaint or None}
+    if conditions is not None:
+        from diffjax.sampling.controlnet import condition_errors
+
+        summary.update(controlnet=config.model.controlnet, condition_mse=float(np.mean(
+            condition_errors(config, conditions[0], pixels))))
     if not is_chief:
         return summary
-    if mask is not None:
+    if conditions is not None:  # conditioning | sample | the image it came from
+        shown = np.clip(np.round(conditions[0] * 255.0), 0, 255).astype(np.uint8)
+        triples = np.stack([shown, pixels, conditions[1]], axis=1).reshape(-1, *pixels.shape[1:])
+        grid = images.make_grid(triples, columns=3 * min(4, num_samples))
+    elif mask is not None:
         original = data_lib.from_model_range(known, centered=config.data.centered,
                                              dequantize=config.data.dequantize)
         masked = (original * mask).astype(np.uint8)
