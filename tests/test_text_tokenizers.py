@@ -57,6 +57,15 @@ def test_cleaning_is_the_original_not_transformers_fast_tokenizer():
     assert clip_tokenizer.clean("The \u00c3\u00a9lan") == "the \u00e9lan"
 
 
+def test_transformers_cleaning_reproduces_the_fast_tokenizer():
+    """cleaning="transformers": diffusers' tokenization, for images identical to diffusers' on
+    prompts with HTML entities, curly quotes or mojibake."""
+    ours = CLIPTokenizer(SD, cleaning="transformers")(PROMPTS).input_ids
+    np.testing.assert_array_equal(ours, REF["tok_hf_fast_ids"])
+    with pytest.raises(ValueError, match="choose one of"):
+        CLIPTokenizer(SD, cleaning="ftfy")
+
+
 def test_over_long_prompt_is_truncated_with_a_warning(caplog):
     tokenizer = CLIPTokenizer(SD)
     dropped = int(REF["tok_text_lengths"][LONG]) - 75

@@ -6,7 +6,7 @@ Outputs, under tests/fixtures/sd_unet/ (each folder well under 400 KB):
   written by `UNet2DConditionModel.save_pretrained`) of three tiny random-weight U-Nets:
   - sd1: the SD 1.x layout scaled down: CrossAttnDownBlock2D + DownBlock2D / UpBlock2D +
     CrossAttnUpBlock2D, two layers per block, 1x1-conv proj_in/out, one attention_head_dim for
-    every block (diffusers' naming quirk: it is the number of heads), cross_attention_dim 16;
+    every block (diffusers' naming quirk: it is the number of heads), cross_attention_dim 32;
   - sd2: the SD 2.x layout: linear proj_in/out, a per-block attention_head_dim list,
     upcast_attention, and the rarer knobs: only_cross_attention on the first block,
     center_input_sample, flip_sin_to_cos=False with freq_shift=1, conv_in_kernel 5 /
@@ -85,7 +85,9 @@ PUBLISHED_EXTRA = {
 }
 EXPECTED_COUNTS = {"sd15": 859_520_964, "sdxl": 2_567_463_684}  # /work/shared/REFERENCE.md
 
-TINY = dict(norm_num_groups=4, cross_attention_dim=16, sample_size=16)
+# Sized to fit the tiny text encoders of tests/fixtures/text/sd_tiny (32 wide; the second one
+# projects to 24), so the pipeline fixtures (tools/make_sd_pipeline_fixtures.py) reuse these.
+TINY = dict(norm_num_groups=4, cross_attention_dim=32, sample_size=16)
 VARIANTS = {
     "sd1": dict(
         TINY, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -103,10 +105,10 @@ VARIANTS = {
         up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         block_out_channels=[8, 12, 12], layers_per_block=1, attention_head_dim=[1, 2, 3],
         transformer_layers_per_block=[1, 1, 2], use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=12 + 6 * 4, time_embedding_dim=24),
+        addition_embed_type="text_time", addition_time_embed_dim=4, cross_attention_dim=64,
+        projection_class_embeddings_input_dim=24 + 6 * 4, time_embedding_dim=24),
 }
-TEXT_EMBED_DIM = 12  # sdxl: pooled text embeds; the 6 time ids make up the rest of the 36
+TEXT_EMBED_DIM = 24  # sdxl: pooled text embeds; the 6 time ids make up the rest of the 48
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:

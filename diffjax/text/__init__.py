@@ -27,7 +27,7 @@ from typing import Any, Callable
 from diffjax.text.clip import (CLIPTextConfig, CLIPTextModel, CLIPTextOutput, clip_skip_context,
                                sdxl_context)
 from diffjax.text.clip_tokenizer import CLIPTokenizer
-from diffjax.text.encoder import TextEncoder, load_bert, load_clip, load_minilm
+from diffjax.text.encoder import TextEncoder, load_bert, load_clip, load_minilm, output_shapes
 from diffjax.text.sentence_bert import minilm_folder
 from diffjax.text.tokenized import TokenizedText
 
@@ -51,5 +51,5 @@ def load_text_encoder(name: str, folder: str | None = None, **options: Any) -> T
 __all__ = [
     "CLIPTextConfig", "CLIPTextModel", "CLIPTextOutput", "CLIPTokenizer", "TEXT_ENCODERS",
     "TextEncoder", "TokenizedText", "clip_skip_context", "load_bert", "load_clip",
-    "load_minilm", "load_text_encoder", "minilm_folder", "sdxl_context",
+    "load_minilm", "load_text_encoder", "minilm_folder", "output_shapes", "sdxl_context",
 ]

@@ -114,6 +114,7 @@ class CLIPTextEmbeddings(nn.Module):
 class CLIPAttention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
+    causal: bool = True  # the text tower; the vision tower (clip_vision.py) attends everywhere
 
     @nn.compact
     def __call__(self, x: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
@@ -121,7 +122,7 @@ class CLIPAttention(nn.Module):
         q, k, v = (layers.dense(d, ("embed", "heads"), self.dtype, name)(x)
                    for name in ("q_proj", "k_proj", "v_proj"))
         out = layers.multi_head_attention(q, k, v, self.num_heads, attention_mask,
-                                          is_causal=True)
+                                          is_causal=self.causal)
         return layers.dense(d, ("heads", "embed"), self.dtype, "out_proj")(out)
 
 
@@ -138,14 +139,15 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-    config: CLIPTextConfig
+    config: Any  # CLIPTextConfig or clip_vision.CLIPVisionConfig (the same layer sizes)
     dtype: Any = jnp.float32
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
         c = self.config
         h = layers.layer_norm(c.layer_norm_eps, self.dtype, "layer_norm1")(x)
-        x = x + CLIPAttention(c.num_attention_heads, self.dtype, name="self_attn")(
+        x = x + CLIPAttention(c.num_attention_heads, self.dtype, self.causal, name="self_attn")(
             h, attention_mask)
         h = layers.layer_norm(c.layer_norm_eps, self.dtype, "layer_norm2")(x)
         x = x + CLIPMLP(c.intermediate_size, c.hidden_act, self.dtype, name="mlp")(h)
@@ -153,11 +155,12 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
-    config: CLIPTextConfig
+    config: Any
     dtype: Any = jnp.float32
+    causal: bool = True
 
     def setup(self):
-        self.layers = [CLIPEncoderLayer(self.config, self.dtype)
+        self.layers = [CLIPEncoderLayer(self.config, self.dtype, self.causal)
                        for _ in range(self.config.num_hidden_layers)]
 
     def __call__(self, x: jax.Array, attention_mask: jax.Array | None) -> tuple:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import html
 import logging
+import re
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -53,6 +55,17 @@ def clean(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
+
+
+def transformers_normalize(text: str) -> str:
+    """transformers 5's fast CLIPTokenizer (what diffusers' pipelines run): NFC, whitespace runs
+    to one space, lowercased; no ftfy, no HTML unescape."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
+
+
+# `cleaning=` of CLIPTokenizer: "clip" is the original CLIP's (the default); "transformers"
+# reproduces diffusers' images for prompts with HTML entities, curly quotes or mojibake.
+CLEANINGS = {"clip": clean, "transformers": transformers_normalize}
 
 
 def resolve_folder(folder: str, subfolder: str = "tokenizer") -> str:
@@ -115,7 +128,10 @@ class CLIPTokenizer:
     `folder` is the tokenizer folder itself or a pipeline root (then `subfolder` is used).
     """
 
-    def __init__(self, folder: str, subfolder: str = "tokenizer"):
+    def __init__(self, folder: str, subfolder: str = "tokenizer", cleaning: str = "clip"):
+        if cleaning not in CLEANINGS:
+            raise ValueError(f"cleaning={cleaning!r}; choose one of {sorted(CLEANINGS)}.")
+        self.clean = CLEANINGS[cleaning]
         from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
         self.folder = resolve_folder(folder, subfolder)
@@ -143,9 +159,13 @@ class CLIPTokenizer:
 
     def text_tokens(self, prompts: Sequence[str]) -> list[list[int]]:
         """The BPE ids of each cleaned prompt, without start/end tokens or truncation."""
-        encodings = self._tokenizer.encode_batch([clean(p) for p in prompts],
+        encodings = self._tokenizer.encode_batch([self.clean(p) for p in prompts],
                                                  add_special_tokens=False)
         return [e.ids for e in encodings]
+
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt with the start and end tokens, before truncation."""
+        return [len(ids) + 2 for ids in self.text_tokens(prompts)]
 
     def decode(self, ids: Sequence[int]) -> str:
         text = self._tokenizer.decode(list(ids), skip_special_tokens=False)

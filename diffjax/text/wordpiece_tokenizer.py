@@ -50,6 +50,10 @@ class WordPieceTokenizer:
         self.pad_id = int(pad_id or 0)
         self.path = path
 
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt with [CLS] and [SEP], before truncation."""
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(prompts))]
+
     def __call__(self, prompts: str | Sequence[str]) -> TokenizedText:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = np.full((len(prompts), self.max_length), self.pad_id, np.int32)
