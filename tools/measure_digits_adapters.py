@@ -68,10 +68,11 @@ def steps_per_second(configs: dict, rounds: int = 3, steps: int = 20) -> dict[st
     for name, config in configs.items():
         experiment = build_experiment(config)
         frozen = experiment.frozen
+        # Initialised outside the mesh context, as the training loop does (qwix's LoRA init
+        # applies the kernel's logical constraint to its rank-2 B under active rules).
+        state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
+                             0, experiment.spec, trainable=frozen.select if frozen else None)
         with experiment.activate():
-            state = create_state(experiment.model, experiment.optimizer,
-                                 experiment.example_input(), 0, experiment.spec,
-                                 trainable=frozen.select if frozen else None)
             extra = () if frozen is None else (frozen.params,)
             step = jax.jit(make_train_step(config, experiment.model, experiment.sde,
                                            experiment.optimizer, objective_for(experiment),
