@@ -167,7 +167,7 @@ def test_user_errors_are_one_line(tmp_path):
     unet_config = UNetConfig.from_diffusers(json.load(open(os.path.join(
         FIXTURES, "sd_unet", "sd1", "config.json"))))
     other = unet_config.__class__(**{**unet_config.__dict__, "cross_attention_dim": 768})
-    _one_line(lambda: check_fits(sd1, other), "cross_attention_dim=16 but the U-Net's is 768")
+    _one_line(lambda: check_fits(sd1, other), "cross_attention_dim=32 but the U-Net's is 768")
     wider = unet_config.__class__(**{**unet_config.__dict__, "block_out_channels": (8, 32)})
     _one_line(lambda: check_fits(sd1, wider), r"block_out_channels=\(8, 16\) but the U-Net")
     folder = tmp_path / "cn"
