@@ -10,7 +10,9 @@ Each image must match within the issue's 2e-3 relative L2 and differ clearly fro
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -118,7 +120,18 @@ def _one_line(fn, match, error=ValueError):
     return str(info.value)
 
 
-def test_bad_inputs_are_one_line(folders, pipelines):
+def controlnet_pipeline_folder(folder: str, target) -> str:
+    """The folder as diffusers' StableDiffusionControlNetPipeline.save_pretrained writes it."""
+    shutil.copytree(folder, target)
+    shutil.copytree(CONTROLNET / "sd1", target / "controlnet")
+    index = json.loads((target / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionControlNetPipeline",
+                 controlnet=["diffusers", "ControlNetModel"])
+    (target / "model_index.json").write_text(json.dumps(index))
+    return str(target)
+
+
+def test_bad_inputs_are_one_line(folders, pipelines, tmp_path):
     from diffjax.pipelines import load_pipeline
 
     sd1 = pipelines["sd1"]
@@ -128,7 +141,9 @@ def test_bad_inputs_are_one_line(folders, pipelines):
               "cross_attention_dim=32 but the U-Net's is 64")
     _one_line(lambda: load_pipeline(folders["sd1"], controlnet=os.devnull + "_none"),
               "does not exist", FileNotFoundError)
-    controlled = load_pipeline(folders["sd1"], controlnet=str(CONTROLNET / "sd1"))
+    # A saved ControlNet pipeline brings its own controlnet/.
+    controlled = load_pipeline(controlnet_pipeline_folder(folders["sd1"], tmp_path / "cn_pipe"))
+    assert controlled.controlnet is not None
     _one_line(lambda: draw(controlled, "sd1"), "has a ControlNet: pass its conditioning image")
     _one_line(lambda: draw(controlled, "sd1", image=image[..., :1]), "1 channels but the "
               r"ControlNet takes 3.*\(1 or 2, 16, 16, 3\)")

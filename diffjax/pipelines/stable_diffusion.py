@@ -332,8 +332,10 @@ def load_pipeline(folder: str, controlnet: str | None = None, *, mesh: Mesh | No
     tokenizer (ftfy, HTML unescaped); "transformers" as transformers 5's fast tokenizer, which
     diffusers runs — they differ only on prompts with HTML entities, curly quotes or mojibake
     (diffjax.text.clip_tokenizer). `controlnet`: a diffusers ControlNetModel folder made for
-    this model (diffusers' StableDiffusion(XL)ControlNetPipeline)."""
+    this model (diffusers' StableDiffusion(XL)ControlNetPipeline); by default the folder's own
+    controlnet/ where model_index.json names one."""
     layout = read_pipeline_folder(folder)
+    controlnet = controlnet or layout.controlnet
     compute = COMPUTE_DTYPES.get(dtype)
     if compute is None:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(COMPUTE_DTYPES)}.")
