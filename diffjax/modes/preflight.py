@@ -132,10 +132,13 @@ def trace_train_step(config, experiment) -> None:
     else:
         batch["image"] = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.num_channels),
                                               jnp.uint8)
+    frozen = experiment.frozen
     step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                           objective_for(experiment))
+                           objective_for(experiment),
+                           combine=frozen.combine if frozen is not None else None)
     with experiment.activate():
-        jax.eval_shape(step, experiment.spec.abstract, batch)
+        jax.eval_shape(step, experiment.spec.abstract, batch,
+                       *(() if frozen is None else (frozen.abstract,)))
 
 
 def check_latent_mode(config, mode: str) -> None:
@@ -236,7 +239,7 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
                                image_shape(config, batch_size))
 
     with experiment.activate():
-        jax.eval_shape(generate, experiment.spec.abstract.ema_params, jax.random.key(0))
+        jax.eval_shape(generate, experiment.abstract_network_params(), jax.random.key(0))
 
 
 def validate(config, mode: str):
