@@ -159,3 +159,44 @@ def test_bad_inputs_are_one_line(folders, pipelines, tmp_path):
     sd1.unload_lora()
     _one_line(lambda: sd1.fuse_lora(), "No LoRA is loaded")
     assert not sd1.adapters and not sd1.fused
+
+
+def test_config_keys_load_the_adapters_for_sample_mode(folders, tmp_path):
+    """--mode=sample with pipeline.lora / controlnet / controlnet_image draws what the Python
+    API draws with the same files, scales and noise; a missing file is one line first."""
+    import jax
+    from PIL import Image
+
+    import diffjax
+    from diffjax.config.checks import ConfigError
+    from diffjax.modes.pipeline import SAMPLE_SALT
+    from diffjax.pipelines import load_pipeline
+
+    control = np.round(REF["sd1_image"][0] * 255).astype(np.uint8)
+    Image.fromarray(control).save(tmp_path / "control.png")
+    lora = str(LORA / "sd1_peft.safetensors")
+    overrides = {"pipeline.folder": folders["sd1"], "pipeline.height": 16, "pipeline.width": 16,
+                 "pipeline.lora": f"{lora}:0.8", "pipeline.controlnet": str(CONTROLNET / "sd1"),
+                 "pipeline.controlnet_image": str(tmp_path / "control.png"),
+                 "pipeline.controlnet_scale": 0.7, "sampling.prompts": "a red cube|a blue ball",
+                 "sampling.num_samples": 2, "sampling.batch_size": 2}
+    config = diffjax.load_config("configs/sd.py:test", overrides)
+    result = diffjax.run_mode(config, str(tmp_path / "run"), "sample")
+    images = np.load(result["npz"])["images"]
+
+    pipe = load_pipeline(folders["sd1"], controlnet=str(CONTROLNET / "sd1"))
+    pipe.load_lora(lora, scale=0.8)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(int(config.seed)), SAMPLE_SALT), 0)
+    noise = jax.random.normal(key, (2, 16 // pipe.vae_scale_factor, 16 // pipe.vae_scale_factor,
+                                    pipe.unet.config.in_channels))
+    expected = pipe(["a red cube", "a blue ball"], num_inference_steps=config.sampling.num_steps,
+                    guidance_scale=config.sampling.guidance_scale, height=16, width=16,
+                    latents=noise, image=control.astype(np.float32) / 255.0,
+                    controlnet_conditioning_scale=0.7)
+    assert np.abs(images.astype(int) - np.round(expected * 255).astype(int)).max() <= 1
+    assert "adapters" in result["name"]
+
+    missing = diffjax.load_config("configs/sd.py:test",
+                                  {**overrides, "pipeline.lora": str(tmp_path / "none.safetensors")})
+    with pytest.raises(ConfigError, match="pipeline.lora.*not a file"):
+        diffjax.run_mode(missing, str(tmp_path / "run2"), "sample")

@@ -149,6 +149,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Prompt cleaning: "clip" (the original CLIP tokenizer's: ftfy, HTML unescaped) or
     # "transformers" (diffusers' fast tokenizer; differs on "&amp;", curly quotes, mojibake).
     pipeline.tokenizer_cleaning = "clip"
+    # Adapters (diffjax/lora, pipelines/adapters.py): LoRA files, diffusers/PEFT or kohya layout,
+    # unmerged, "a.safetensors" or "a.safetensors:0.8,b.safetensors:0.5" (path:scale). A
+    # ControlNet folder with its conditioning image (a PNG/JPEG of the images' size, RGB in
+    # [0, 255]) for every prompt, at controlnet_scale.
+    pipeline.lora = ""
+    pipeline.controlnet = ""
+    pipeline.controlnet_image = ""
+    pipeline.controlnet_scale = 1.0
 
     config.sde = sde = ml_collections.ConfigDict()
     # The diffusion process (diffjax/diffusion/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
