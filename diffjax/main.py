@@ -9,6 +9,7 @@ Modes:
   eval            FID/KID of checkpoints (resumable; sweeps over sampler settings)
   fid_stats       reference Inception statistics of eval.reference_split
   likelihood      bits/dim of eval.likelihood_split through the probability-flow ODE
+  train_classifier  the noise-conditional classifier of classifier guidance (WORKDIR/classifier)
 
 Any config field can be overridden, e.g. --config.optim.lr=1e-4. Configs are locked: an unknown
 key, a wrong type or an invalid value ends with one line that names it. Examples:

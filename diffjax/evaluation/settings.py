@@ -84,7 +84,10 @@ class EvalSetting:
     def signature(self, reference_name: str) -> dict[str, Any]:
         c = self.config
         conditional = bool(c.model.conditional)
-        return {
+        guided = float(c.sampling.get("classifier_scale", 0.0) or 0.0)
+        # Classifier guidance enters only when on, so that other reports keep their names.
+        extra = {"classifier_scale": guided, "labels": str(c.sampling.labels)} if guided else {}
+        return {**extra,
             "sampler": c.sampling.method,
             "options": sampling.sampler_options(c.sampling),
             "guidance_scale": float(c.sampling.guidance_scale) if conditional else None,
@@ -105,6 +108,8 @@ class EvalSetting:
             parts.append(f"{options['num_steps']}steps")
         if c.model.conditional:
             parts.append(f"cfg{float(c.sampling.guidance_scale):g}")
+        if float(c.sampling.get("classifier_scale", 0.0) or 0.0):
+            parts.append(f"cg{float(c.sampling.classifier_scale):g}")
         if not c.sampling.use_ema:
             parts.append("raw")
         parts.append(f"n{int(c.eval.num_samples)}")

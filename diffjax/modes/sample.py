@@ -34,7 +34,7 @@ from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.outputs import images
 from diffjax.runtime.console import progress_bar
 from diffjax.sampling.generate import (draw_batch, make_generate_fn, make_inpaint_fn,
-                                       requested_labels)
+                                       requested_labels, uses_labels)
 from diffjax.storage import filesystem as fs
 from diffjax.storage.checkpoints import Checkpointer
 
@@ -49,8 +49,10 @@ def output_name(config, step: int) -> str:
                                         if "num_steps" in options else "")]
     if config.model.conditional:
         parts.append(f"cfg{float(s.guidance_scale):g}")
-        if str(s.labels).strip():
-            parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
+    if float(s.get("classifier_scale", 0.0) or 0.0):
+        parts.append(f"cg{float(s.classifier_scale):g}")
+    if uses_labels(config) and str(s.labels).strip():
+        parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
     if not s.use_ema:
         parts.append("raw")
     if s.inpaint:

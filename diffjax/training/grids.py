@@ -5,6 +5,7 @@
   per class for conditional models; in latent mode decoded to pixels by the first stage.
 - `ReconstructionGrid` (first stage): the first images of `data.eval_split`, above their
   reconstructions through the posterior mean.
+- A classifier (`--mode=train_classifier`) writes no images.
 Both run on every process (the work is sharded); process 0 writes the files.
 """
 
@@ -42,7 +43,8 @@ class SampleGrid:
         self.config, self.workdir, self.writer = config, workdir, writer
         self.count = int(config.training.num_sample_images)
         self.generate = make_generate_fn(config, experiment.model, experiment.sde,
-                                         experiment.mesh, self.count, decoder=decoder)
+                                         experiment.mesh, self.count, decoder=decoder,
+                                         allow_classifier=False)
         self.labels = grid_labels(self.count, config.data.num_classes) \
             if config.model.conditional else None
 
@@ -99,6 +101,8 @@ class ReconstructionGrid:
 
 
 def grid_for(experiment: Experiment, workdir: str, writer, decoder=None):
+    if experiment.task == "classifier":  # nothing to show; its accuracy is logged
+        return lambda params, step: None
     if experiment.task == "autoencoder":
         return ReconstructionGrid(experiment, workdir, writer)
     return SampleGrid(experiment, workdir, writer, decoder)

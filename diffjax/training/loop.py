@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 from jax.sharding import Mesh
@@ -68,8 +69,9 @@ def raise_if_nonfinite(state: TrainState, last_saved: int | None) -> None:
 def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[str, Any]:
     """Trains (or resumes) and returns a summary: final step, loss, steps/s, paths, state.
 
-    `task` is "diffusion" (on pixels, or on latents when data.latent_dir is set) or
-    "autoencoder" (the first stage; `modes` passes `first_stage.autoencoder_training_config`).
+    `task` is "diffusion" (on pixels, or on latents when data.latent_dir is set),
+    "autoencoder" (the first stage; `modes` passes `first_stage.autoencoder_training_config`) or
+    "classifier" (`modes.train_classifier` passes its config).
     `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
     """
     workdir = fs.absolute(workdir)
@@ -82,8 +84,10 @@ def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[s
         preemption.restore()
 
 
-def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str):
-    """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh."""
+def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str,
+                          teacher=None):
+    """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh
+    (a distillation student fresh from its teacher's EMA weights)."""
     config = experiment.config
     recorded = workdir_lib.recorded_config(workdir)
 
@@ -102,6 +106,14 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
         return state, data_state, step
     state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
                          config.seed, experiment.spec)
+    if teacher is not None:
+        from diffjax.training.teacher import initial_params
+
+        params = initial_params(state.params, teacher.params)
+        # Two buffers: the step donates the state, and one buffer cannot be donated twice.
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+        logging.info("The student starts from the teacher's EMA weights (step %d).",
+                     teacher.step)
     return state, None, 0
 
 
@@ -124,11 +136,18 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
                                 async_save=t_cfg.async_checkpointing, clear_partial_saves=True)
     context.callback(checkpointer.close)
-    state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir)
+    teacher = None
+    if task == "diffusion" and config.model.get("teacher", ""):
+        from diffjax.training.teacher import load_teacher
+
+        teacher = load_teacher(config, devices=list(mesh.devices.flat))
+    state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir, teacher)
     last_saved = step if data_state is not None else None
     if is_chief:
         workdir_lib.record_config(workdir, config)
-        name = "first stage (AutoencoderKL)" if task == "autoencoder" else config.model.name
+        name = {"autoencoder": "first stage (AutoencoderKL)",
+                "classifier": f"classifier ({config.classifier.name})"}.get(task,
+                                                                           config.model.name)
         logging.info("Model %s with %s parameters; mesh %s.", name,
                      f"{count_params(state.params):,}", dict(mesh.shape))
     if preemption.stop_before_first_step():
@@ -151,10 +170,16 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     context.callback(writer.close)
 
     batch_spec = batch_sharding(mesh)
+    objective = objective_for(experiment, teacher)
+    # Frozen arrays of the objective (a teacher's parameters): an argument, not a constant.
+    constants = getattr(objective, "constants", None)
+    shardings = (experiment.spec.shardings, batch_spec)
+    if constants is not None:
+        shardings += (objective.constant_shardings,)
     train_step = jax.jit(
         make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                        objective_for(experiment)),
-        in_shardings=(experiment.spec.shardings, batch_spec),
+                        objective),
+        in_shardings=shardings,
         out_shardings=(experiment.spec.shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -164,9 +189,14 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     context.enter_context(experiment.activate())
     first_batch = next(loader)
     compile_start = time.perf_counter()
-    compiled_step = train_step.lower(state, first_batch).compile()
+    extra = () if constants is None else (constants,)
+    compiled = train_step.lower(state, first_batch, *extra).compile()
+
+    def compiled_step(state, batch):
+        return compiled(state, batch, *extra)
+
     compile_seconds = time.perf_counter() - compile_start
-    throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled_step),
+    throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled),
                             num_devices=mesh.size)
     if is_chief:
         logging.info("Compiled the train step in %.1fs (%s FLOPs/step).", compile_seconds,

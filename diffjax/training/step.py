@@ -8,6 +8,7 @@ A step whose loss or gradient is not finite leaves the state untouched and recor
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -42,10 +43,12 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
     base_key = jax.random.key(config.seed)
     objective = objective or DiffusionObjective(config, model, sde)
 
-    def gradients(params, inputs, rng):
+    def gradients(params, inputs, rng, context):
         """Mean loss, metrics and gradient over the global batch, in `microbatches` passes."""
         k = t.microbatches
-        value_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
+        loss_fn = functools.partial(objective.loss, context=context) \
+            if getattr(objective, "takes_context", False) else objective.loss
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         if k == 1:
             (loss, metrics), grad = value_and_grad(params, inputs, rng)
             return loss, metrics, grad
@@ -60,7 +63,7 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
             return jax.tree.map(jnp.add, carry, (loss, metrics, grad)), None
 
         micro0 = jax.tree.map(lambda a: a[: a.shape[0] // k], inputs)
-        metrics_shape = jax.eval_shape(lambda: objective.loss(params, micro0, rng)[1])
+        metrics_shape = jax.eval_shape(lambda: loss_fn(params, micro0, rng)[1])
         zeros = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                              metrics_shape),
                  jax.tree.map(jnp.zeros_like, params))
@@ -68,11 +71,13 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                                 (jnp.arange(k), jax.tree.map(split, inputs)))
         return jax.tree.map(lambda v: v / k, total)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, constants=None) -> tuple[TrainState, dict]:
+        """`constants`: the objective's frozen arrays (a distillation teacher's parameters)."""
         rng = jax.random.fold_in(base_key, state.step)
         data_rng, loss_rng = jax.random.split(rng)
         inputs = objective.prepare(batch, data_rng)
-        loss, metrics, grad = gradients(state.params, inputs, loss_rng)
+        loss, metrics, grad = gradients(state.params, inputs, loss_rng,
+                                        {"step": state.step, "constants": constants})
         updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(t, state.step)
