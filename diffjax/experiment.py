@@ -104,7 +104,10 @@ def build_experiment(config, devices=None, task: str = "diffusion") -> Experimen
     else:
         model, sde = build_model(config), process_from_config(config)
     optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
-    spec = state_spec(model, optimizer, example_input(config, task), mesh, rules)
+    # Built inside another experiment's `activate()` (a classifier or teacher beside the
+    # network), that one's rules must not constrain this abstract state.
+    with nn.logical_axis_rules(()):
+        spec = state_spec(model, optimizer, example_input(config, task), mesh, rules)
     return Experiment(config, mesh, rules, model, sde, optimizer, spec, task)
 
 

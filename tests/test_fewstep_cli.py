@@ -65,7 +65,7 @@ def test_few_step_variants_train_evaluate_and_sample(tmp_path):
         assert report[name] is not None and abs(report[name]) < 1e6, report
     assert report["eval_nfe"] == [1, 2], report
     assert report["meanflow_sample"] == 2
-    assert report["guided"]["nfe"] == 2 and report["guided"]["labels"] == [3, 3, 3, 3]
+    assert report["guided"]["nfe"] == 3 and report["guided"]["labels"] == [3, 3, 3, 3]  # + denoise
     assert "cg2" in report["guided"]["name"], report
     assert os.path.isdir(tmp_path / "vp" / "classifier" / "checkpoints")
     # The distilled student started from the teacher: its config names it.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"vp": "test", "trigflow": "test,consistency", "meanflow": "test,meanflow",
-            "flow": "test,flow"}
+            "meanflow_dit": "test,meanflow,dit", "flow": "test,flow"}
 
 
 def digits_config(arg: str):
@@ -33,7 +33,7 @@ def random_params(model, example_input, seed: int = 0):
 
 
 def random_network_model(name: str, seed: int = 0):
-    """The model function of the tiny `name` network ("vp", "trigflow", "meanflow", "flow")."""
+    """The model function of the tiny network `name` (a key of VARIANTS)."""
     from diffjax.experiment import build_experiment, score_fn_for
 
     config = digits_config(VARIANTS[name])
