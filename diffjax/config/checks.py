@@ -42,10 +42,13 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.log_every_steps": _at_least(1),
     "training.checkpoint_every_steps": _at_least(1),
     "training.sample_every_steps": _at_least(1),
+    "training.eval_every_steps": _at_least(0),
     "training.max_checkpoints_to_keep": _at_least(1),
     "training.num_sample_images": _at_least(1),
     "training.ema_decay": _in_closed(0.0, 1.0),
-    "training.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    # 0 only where the process allows it (flow matching: SiT's t ~ U(0, 1)); the pre-flight
+    # checks that against the process.
+    "training.eps": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "training.preemption_check_every_steps": _at_least(1),
     "optim.lr": _positive(),
     "optim.beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
@@ -95,6 +98,17 @@ def check_objective(config) -> None:
         if m.parameterization not in ("velocity", "trigflow"):
             fail("model.parameterization", m.parameterization, "is not a velocity, which "
                  "MeanFlow's average velocity is", "set --config.model.parameterization=velocity")
+    text = bool(config.data.get("text_encoder", ""))
+    if name != "diffusion" or m.get("teacher", ""):
+        if text:
+            fail("training.objective", name, "is not implemented for text models "
+                 "(data.text_encoder)", "use training.objective=diffusion")
+        if m.get("controlnet", "") or ("lora" in m and int(m.lora.rank)):
+            fail("training.objective", name, "trains a whole network, not a LoRA adapter or a "
+                 "ControlNet", "set model.lora.rank=0 and model.controlnet=''")
+    if text and float(config.sampling.get("classifier_scale", 0.0) or 0.0):
+        fail("sampling.classifier_scale", config.sampling.classifier_scale, "guides towards "
+             "class labels, but this model is conditioned on text", "set it to 0")
     if m.get("teacher", "") and name != "consistency":
         fail("model.teacher", m.teacher, f"is set but training.objective={name!r} does not "
              f"distil", "set --config.training.objective=consistency (sCM's distillation)")

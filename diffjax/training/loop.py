@@ -9,6 +9,7 @@ process takes part in checkpoints.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -20,9 +21,11 @@ from clu import periodic_actions
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
+from diffjax.data.subsets import training_source
 from diffjax.experiment import Experiment, build_experiment, load_first_stage
 from diffjax.latents import LatentSource
-from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.latents.latent_mode import is_latent, resolve_paths, uses_cache
+from diffjax.latents.reader import check_first_stage
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
@@ -34,6 +37,7 @@ from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 from diffjax.storage.workdir_lock import lock_for_job, lock_held, release_job_lock
 from diffjax.training.grids import grid_for
+from diffjax.training.held_out import held_out_loss
 from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
 from diffjax.training.step import make_train_step
@@ -89,23 +93,28 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
     """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh
     (a distillation student fresh from its teacher's EMA weights)."""
     config = experiment.config
-    recorded = workdir_lib.recorded_config(workdir)
-
-    def explain() -> str:
-        differences = workdir_lib.shape_relevant_differences(
-            recorded, workdir_lib.config_to_dict(config))
-        if not differences:
-            return ""
-        return (f" The config differs from the run's {workdir_lib.CONFIG_FILE} in "
-                f"{workdir_lib.describe_differences(differences)}.")
-
+    explain = workdir_lib.explain_differences(workdir, config)
     restored = checkpointer.restore_latest(experiment.spec, explain)
+    frozen = experiment.frozen
     if restored is not None:
+        # Same shapes, another model (VP weights under an EDM config): refused as well, before
+        # the record is overwritten.
+        workdir_lib.check_same_model(workdir, config, experiment.task)
         state, data_state, step = restored
+        if frozen is not None:
+            frozen.check(data_state, f"checkpoint {step} in {checkpointer.directory}")
         logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
         return state, data_state, step
     state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
-                         config.seed, experiment.spec)
+                         config.seed, experiment.spec,
+                         trainable=frozen.select if frozen else None)
+    if frozen is not None and frozen.initialise is not None:
+        # A ControlNet starts as a copy of the base's layers (diffusers' from_unet).
+        start = jax.jit(lambda s, base: s.replace(params=frozen.initialise(s.params, base),
+                                                  ema_params=frozen.initialise(s.ema_params,
+                                                                               base)),
+                        out_shardings=experiment.spec.shardings)
+        state = start(state, frozen.params)
     if teacher is not None:
         from diffjax.training.teacher import initial_params
 
@@ -148,8 +157,14 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         name = {"autoencoder": "first stage (AutoencoderKL)",
                 "classifier": f"classifier ({config.classifier.name})"}.get(task,
                                                                            config.model.name)
-        logging.info("Model %s with %s parameters; mesh %s.", name,
-                     f"{count_params(state.params):,}", dict(mesh.shape))
+        if experiment.frozen is None:
+            logging.info("Model %s with %s parameters; mesh %s.", name,
+                         f"{count_params(state.params):,}", dict(mesh.shape))
+        else:
+            logging.info("Model %s: a %s of %s trainable parameters on the frozen base %s (%s "
+                         "parameters); mesh %s.", name, experiment.frozen.kind,
+                         f"{count_params(state.params):,}", experiment.frozen.identity.folder,
+                         f"{count_params(experiment.frozen.params):,}", dict(mesh.shape))
     if preemption.stop_before_first_step():
         return _stop_during_start_up(step, checkpointer, workdir, state)
     if step >= t_cfg.num_train_steps:
@@ -157,46 +172,58 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                         "training.num_train_steps=%d: nothing to train; raise "
                         "--config.training.num_train_steps to continue.", step,
                         t_cfg.num_train_steps)
+        # A finished run (a notebook rerun): no data, no compilation (tens of seconds).
+        return _already_trained(step, checkpointer, workdir, state)
 
     # Global batches prefetched onto the devices; its state counts only the batches handed out.
     loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        source=LatentSource(config.data.latent_dir) if is_latent(config) else None),
+        source=LatentSource(config.data.latent_dir) if uses_cache(config) else
+        training_source(config.data)),
         batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
     writer = create_writer(workdir, config, is_chief=is_chief)
     context.callback(writer.close)
+    # The config beside the curves (TensorBoard's Text tab), at every start: what this run is.
+    writer.write_texts(step, {"config": config_text(config)})
 
     batch_spec = batch_sharding(mesh)
+    frozen = experiment.frozen
     objective = objective_for(experiment, teacher)
-    # Frozen arrays of the objective (a teacher's parameters): an argument, not a constant.
+    # Frozen arrays are arguments of the step (never donated), not constants: a frozen base
+    # (LoRA, ControlNet) and the objective's own (a distillation teacher's parameters), as
+    # train_step(state, batch, frozen, constants).
     constants = getattr(objective, "constants", None)
-    shardings = (experiment.spec.shardings, batch_spec)
+    step_args, step_shardings = (), ()
+    if frozen is not None or constants is not None:
+        step_args = (None if frozen is None else frozen.params,)
+        step_shardings = (None if frozen is None else frozen.shardings,)
     if constants is not None:
-        shardings += (objective.constant_shardings,)
+        step_args += (constants,)
+        step_shardings += (objective.constant_shardings,)
     train_step = jax.jit(
         make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                        objective),
-        in_shardings=shardings,
+                        objective,
+                        combine=frozen.combine if frozen is not None else None),
+        in_shardings=(experiment.spec.shardings, batch_spec) + step_shardings,
         out_shardings=(experiment.spec.shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
+    record = frozen.record() if frozen is not None else {}
     decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
+    if decoder is not None:  # latents of an older first stage would train a model it can't decode
+        check_first_stage(config, decoder, required=True)
     write_grid = grid_for(experiment, workdir, writer, decoder)
+    evaluate_held_out = held_out_loss(experiment, objective, step)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
     context.enter_context(experiment.activate())
     first_batch = next(loader)
     compile_start = time.perf_counter()
-    extra = () if constants is None else (constants,)
-    compiled = train_step.lower(state, first_batch, *extra).compile()
-
-    def compiled_step(state, batch):
-        return compiled(state, batch, *extra)
-
+    compiled_step = train_step.lower(state, first_batch, *step_args).compile()
     compile_seconds = time.perf_counter() - compile_start
-    throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled),
+    throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled_step),
                             num_devices=mesh.size)
     if is_chief:
         logging.info("Compiled the train step in %.1fs (%s FLOPs/step).", compile_seconds,
@@ -226,7 +253,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         while step < t_cfg.num_train_steps:
             if batch is None:
                 batch = next(loader)
-            state, metrics = compiled_step(state, batch)
+            state, metrics = compiled_step(state, batch, *step_args)
             batch = None
             step += 1
             pending_metrics.append(metrics)
@@ -245,11 +272,16 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
             if step % t_cfg.sample_every_steps == 0 or final:
-                sample_path = write_grid(state.ema_params, step) or sample_path
+                sample_path = write_grid(experiment.network_params(state.ema_params),
+                                         step) or sample_path
+            if evaluate_held_out is not None and step % t_cfg.eval_every_steps == 0:
+                writer.write_scalars(step, {"eval_loss": evaluate_held_out(
+                    experiment.network_params(state.ema_params))})
             preempted = preemption.should_stop(step, checkpointer)
             if step % t_cfg.checkpoint_every_steps == 0 or final or preempted:
                 raise_if_nonfinite(state, last_saved)
-                checkpointer.save(step, state, loader.get_state(), checkpoint_bytes)
+                checkpointer.save(step, state, {**loader.get_state(), **record},
+                                  checkpoint_bytes)
                 last_saved = step
             if preempted:
                 logging.warning("Preempted: checkpoint saved at step %d.", step)
@@ -279,6 +311,24 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         print(f"Trained to step {step}. Checkpoints: {checkpointer.directory}\n"
               f"TensorBoard: tensorboard --logdir {workdir}\nSamples: {sample_path}", flush=True)
     return summary
+
+
+def config_text(config) -> str:
+    """The resolved config as Markdown (a code block) for a TensorBoard text summary."""
+    text = json.dumps(workdir_lib.config_to_dict(config), indent=2, sort_keys=True)
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _already_trained(step: int, checkpointer: Checkpointer, workdir: str, state
+                     ) -> dict[str, Any]:
+    grid = fs.join(workdir, "samples", f"step_{step:08d}.png")
+    sample_path = grid if fs.exists(grid) else None
+    if jax.process_index() == 0:
+        print(f"Already trained to step {step}. Checkpoints: {checkpointer.directory}\n"
+              f"TensorBoard: tensorboard --logdir {workdir}\nSamples: {sample_path}", flush=True)
+    return {"step": step, "preempted": False, "loss": None, "steps_per_sec": None,
+            "checkpoints": checkpointer.directory, "tensorboard": workdir,
+            "samples": sample_path, "state": state}
 
 
 def _stop_during_start_up(step: int, checkpointer: Checkpointer, workdir: str, state

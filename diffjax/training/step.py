@@ -37,17 +37,27 @@ def ema_decay(training_config, step: jax.Array) -> jax.Array:
 
 def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                     optimizer: optax.GradientTransformation,
-                    objective: Objective | None = None) -> Callable:
-    """`train_step(state, batch) -> (state, metrics)` for `objective` (default: diffusion)."""
+                    objective: Objective | None = None,
+                    combine: Callable | None = None) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)` for `objective` (default: diffusion).
+
+    With `combine` (a LoRA adapter's or a ControlNet's frozen base, `storage.base_runs`) it is
+    `train_step(state, batch, frozen)`: the loss sees `combine(frozen, state.params)`, and the
+    gradient, optimizer moments and EMA exist for `state.params` only."""
     t = config.training
     base_key = jax.random.key(config.seed)
     objective = objective or DiffusionObjective(config, model, sde)
 
-    def gradients(params, inputs, rng, context):
+    def gradients(params, inputs, rng, frozen, context):
         """Mean loss, metrics and gradient over the global batch, in `microbatches` passes."""
         k = t.microbatches
-        loss_fn = functools.partial(objective.loss, context=context) \
+        objective_loss = functools.partial(objective.loss, context=context) \
             if getattr(objective, "takes_context", False) else objective.loss
+        if combine is None:
+            loss_fn = objective_loss
+        else:
+            def loss_fn(trained, inputs, rng):
+                return objective_loss(combine(frozen, trained), inputs, rng)
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         if k == 1:
             (loss, metrics), grad = value_and_grad(params, inputs, rng)
@@ -71,12 +81,13 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                                 (jnp.arange(k), jax.tree.map(split, inputs)))
         return jax.tree.map(lambda v: v / k, total)
 
-    def train_step(state: TrainState, batch: dict, constants=None) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, frozen=None,
+                   constants=None) -> tuple[TrainState, dict]:
         """`constants`: the objective's frozen arrays (a distillation teacher's parameters)."""
         rng = jax.random.fold_in(base_key, state.step)
         data_rng, loss_rng = jax.random.split(rng)
         inputs = objective.prepare(batch, data_rng)
-        loss, metrics, grad = gradients(state.params, inputs, loss_rng,
+        loss, metrics, grad = gradients(state.params, inputs, loss_rng, frozen,
                                         {"step": state.step, "constants": constants})
         updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
