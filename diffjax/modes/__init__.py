@@ -37,6 +37,7 @@ def _train_autoencoder(config, workdir: str) -> dict[str, Any]:
 
 
 def _train_classifier(config, workdir: str) -> dict[str, Any]:
+    """the noise-conditional classifier of classifier guidance, into DIR/classifier"""
     from diffjax.modes.classifier import train_classifier
 
     return train_classifier(config, workdir)
