@@ -109,6 +109,9 @@ def check_objective(config) -> None:
     if text and float(config.sampling.get("classifier_scale", 0.0) or 0.0):
         fail("sampling.classifier_scale", config.sampling.classifier_scale, "guides towards "
              "class labels, but this model is conditioned on text", "set it to 0")
+    if m.get("controlnet", "") and float(config.sampling.get("classifier_scale", 0.0) or 0.0):
+        fail("sampling.classifier_scale", config.sampling.classifier_scale, "is not implemented "
+             "for ControlNet sampling", "set it to 0")
     if m.get("teacher", "") and name != "consistency":
         fail("model.teacher", m.teacher, f"is set but training.objective={name!r} does not "
              f"distil", "set --config.training.objective=consistency (sCM's distillation)")

@@ -10,7 +10,7 @@
   above the samples drawn for them, and the mean squared error between each conditioning and
   the same transform of its sample (`condition_mse`).
 - A classifier (`--mode=train_classifier`) writes no images.
-Both run on every process (the work is sharded); process 0 writes the files.
+Each runs on every process (the work is sharded); process 0 writes the files.
 """
 
 from __future__ import annotations
