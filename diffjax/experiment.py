@@ -34,7 +34,7 @@ from diffjax.latents import text_cache
 from diffjax.latents.first_stage import is_diffjax_run
 from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config, is_latent,
                                          model_input_shape)
-from diffjax.models import build_model
+from diffjax.models import build_classifier, build_model
 from diffjax.parallel.mesh import create_mesh
 from diffjax.parallel.sharding import rules_from_config
 from diffjax.state.optimizer import make_optimizer
@@ -81,19 +81,40 @@ class Experiment:
             yield
 
 
-# What a run trains: the diffusion model (on pixels or latents), or the first stage of latent
-# diffusion (`--mode=train_autoencoder`).
-TASKS = ("diffusion", "autoencoder")
+# What a run trains: the diffusion model (on pixels or latents), the first stage of latent
+# diffusion (`--mode=train_autoencoder`), or a noise-conditional classifier for classifier
+# guidance (`--mode=train_classifier`).
+TASKS = ("diffusion", "autoencoder", "classifier")
 
 
 def example_input(config, task: str = "diffusion") -> tuple:
     """The batch-1 inputs a network is initialised with: (x, noise_cond, labels) for the
-    diffusion network (x are latents in latent mode), (images,) for the first stage."""
+    diffusion network (x are latents in latent mode; noise_cond [1, 2] with a second time
+    input) and the classifier, (images,) for the first stage."""
     if task == "autoencoder":
         d = config.data
         return (jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32),)
     x = jnp.zeros((1, *model_input_shape(config)), jnp.float32)
-    return x, jnp.zeros((1,), jnp.float32), example_condition(config, 1)
+    if task == "classifier":
+        return x, jnp.zeros((1,), jnp.float32), None
+    return x, example_noise_cond(config), example_condition(config, 1)
+
+
+def example_noise_cond(config, batch: int = 1) -> jax.Array:
+    """Zeros of the network's noise input: [B], or [B, 2] with a second time input (MeanFlow's
+    (c(t), t - r), `model.second_time_embedding`)."""
+    second = bool(config.model.get("second_time_embedding", False))
+    return jnp.zeros((batch, 2) if second else (batch,), jnp.float32)
+
+
+def process_from_config(config) -> LinearSDE:
+    """The configured process; TrigFlow's sigma_d defaults to model.sigma_data."""
+    sde = config.sde
+    if sde.name == "trigflow" and sde.get("sigma_data") is None:
+        sde = sde.copy_and_resolve_references()
+        with sde.unlocked():
+            sde.sigma_data = float(config.model.sigma_data)
+    return get_process(sde)
 
 
 def is_guided(config) -> bool:
@@ -139,12 +160,17 @@ def build_experiment(config, devices=None, task: str = "diffusion") -> Experimen
     frozen = None
     if task == "autoencoder":
         model, sde = latents.build_autoencoder(config), None
+    elif task == "classifier":
+        model, sde = build_classifier(config), process_from_config(config)
     else:
-        model, sde = build_model(config), get_process(config.sde)
+        model, sde = build_model(config), process_from_config(config)
         model, frozen = _on_frozen_base(config, model, mesh, rules)
     optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
-    spec = state_spec(model, optimizer, example_input(config, task), mesh, rules,
-                      trainable=frozen.select if frozen else None)
+    # Built inside another experiment's `activate()` (a classifier or teacher beside the
+    # network), that one's rules must not constrain this abstract state.
+    with nn.logical_axis_rules(()):
+        spec = state_spec(model, optimizer, example_input(config, task), mesh, rules,
+                          trainable=frozen.select if frozen else None)
     return Experiment(config, mesh, rules, model, sde, optimizer, spec, task, frozen)
 
 
@@ -177,7 +203,7 @@ def _on_frozen_base(config, model: nn.Module, mesh: Mesh, rules):
         raise ValueError(f"{key} is empty; set --config.{key}=WORKDIR of the trained diffjax run "
                          f"to build on (the same network settings).")
     plain_input = (jnp.zeros((1, *model_input_shape(config)), jnp.float32),
-                   jnp.zeros((1,), jnp.float32),
+                   example_noise_cond(config),
                    jnp.zeros((1,), jnp.int32) if m.conditional else None)
     abstract, shardings = _sharded_params(model, plain_input, mesh, rules)
     if lora_rank:
@@ -231,12 +257,24 @@ def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | N
     return net
 
 
+def classifier_network(module: nn.Module, params):
+    """`classifier(x_in, noise_cond) -> logits` for a classifier module, parameters bound."""
+
+    def classifier(x_in, noise_cond):
+        return module.apply({"params": params}, x_in, noise_cond, None, train=False)
+
+    return classifier
+
+
 def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
-                 dropout_rng=None, guidance_scale: float = CONDITIONAL) -> ModelFn:
+                 dropout_rng=None, guidance_scale: float = CONDITIONAL,
+                 score_guidance=None) -> ModelFn:
     """The model function of `params`: a score function with `.predict` (see diffjax.diffusion.parameterization).
 
     It carries the configured parameterisation, input scaling, learned-variance split (DiT's
-    learn_sigma) and classifier-free guidance; losses and samplers take it as their score_fn.
+    learn_sigma), second time input (MeanFlow), classifier-free guidance, and `score_guidance`
+    (classifier guidance, `diffjax.diffusion.classifier_guidance.score_guidance`); losses and
+    samplers take it as their score_fn.
     """
     net = network(model, params, train=train, dropout_rng=dropout_rng)
     m = config.model
@@ -250,7 +288,8 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
     return make_score_fn(
         sde, net, parameterization=m.parameterization,
         sigma_data=m.sigma_data if scaled else None, labels=labels,
-        learned_variance=learned_variance)
+        learned_variance=learned_variance, second_time=bool(m.get("second_time_embedding", False)),
+        score_guidance=score_guidance)
 
 
 def open_checkpoints(workdir: str) -> Checkpointer:
@@ -315,3 +354,69 @@ def _load_diffjax_run(config, run: str, mesh):
     return latents.VAE(experiment.model, jax.device_get(state.ema_params), scale=scale,
                        shift=shift, mesh=mesh, batch_size=config.autoencoder.batch_size,
                        name=f"diffjax first stage {run} (step {step})")
+
+
+# --- the classifier of classifier guidance ---------------------------------------------------
+
+CLASSIFIER_SUBDIR = "classifier"
+
+
+def classifier_training_config(config):
+    """The config that trains the classifier (`--mode=train_classifier`): the classifier
+    section's train_steps, train_batch_size and lr replace the training ones; pixels, never
+    latents; everything else (data, process, optimizer) shared."""
+    c = config.classifier
+    derived = config.copy_and_resolve_references()
+    with derived.unlocked():
+        derived.training.num_train_steps = int(c.train_steps)
+        derived.training.batch_size = int(c.train_batch_size)
+        derived.training.objective = "diffusion"
+        derived.optim.lr = float(c.lr)
+        derived.model.teacher = ""
+    derived.lock()
+    return derived
+
+
+def resolve_classifier_path(config, workdir: str):
+    """`config` with classifier.pretrained absolute ("" = WORKDIR/classifier)."""
+    path = config.classifier.get("pretrained", "") if "classifier" in config else None
+    if path is None:
+        return config
+    resolved_path = fs.absolute(path) if path else fs.join(fs.absolute(workdir), CLASSIFIER_SUBDIR)
+    if resolved_path == path:
+        return config
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.classifier.pretrained = resolved_path
+    resolved.lock()
+    return resolved
+
+
+@dataclasses.dataclass
+class Classifier:
+    module: nn.Module
+    params: Any
+    step: int
+
+
+def load_classifier(config, devices=None) -> Classifier:
+    """The EMA parameters of the newest checkpoint of classifier.pretrained (a run of
+    `--mode=train_classifier`)."""
+    run = config.classifier.pretrained
+    if not run or not fs.is_dir(fs.join(run, "checkpoints")):
+        raise FileNotFoundError(
+            f"No classifier at classifier.pretrained={run!r}; train one first with "
+            f"--mode=train_classifier (same --config and --workdir).")
+    experiment = build_experiment(classifier_training_config(config), devices,
+                                  task="classifier")
+    checkpointer = Checkpointer(run, async_save=False, max_to_keep=None, create=False)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"The classifier run {run} has no checkpoint; train it with "
+                                    f"--mode=train_classifier.")
+        with experiment.activate():
+            state, _ = checkpointer.restore(experiment.spec, step)
+    finally:
+        checkpointer.close()
+    return Classifier(experiment.model, state.ema_params, step)

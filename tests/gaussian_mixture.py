@@ -137,6 +137,10 @@ class ExactModel:
     def __init__(self, mixture: GaussianMixture, sde: LinearSDE):
         self.mixture, self.sde = mixture, sde
 
+    @property
+    def process(self) -> LinearSDE:
+        return self.sde
+
     def predict(self, x, t) -> Prediction:
         return self.mixture.predict(self.sde, x, t)
 
@@ -166,3 +170,54 @@ def two_d_mixture() -> GaussianMixture:
         means=np.array([[-1.5, -0.5], [1.0, 1.0]]),
         covs=np.array([[[0.30, 0.12], [0.12, 0.20]], [[0.25, -0.10], [-0.10, 0.35]]]),
     )
+
+
+# --- flow maps of the probability-flow ODE (consistency functions, average velocities) -------
+
+def gaussian_flow_map(mixture: GaussianMixture, sde: LinearSDE, x: jax.Array, t, s) -> jax.Array:
+    """The probability-flow ODE's map from time t to time s, exactly, for Gaussian data (one
+    component): in the eigenbasis of Sigma the coordinate (x - alpha mu) / sqrt(alpha^2 s_i +
+    sigma^2) is constant along every ODE trajectory, so
+        x_s = alpha_s mu + U diag(sqrt((alpha_s^2 s_i + sigma_s^2) / (alpha_t^2 s_i +
+              sigma_t^2))) U^T (x_t - alpha_t mu).
+    With s = 0 it is the exact consistency function; (x_t - x_s) / (t - s) is the exact average
+    velocity of MeanFlow. Differentiable in x, t and s (jax.jvp works through it)."""
+    if len(mixture.weights) != 1:
+        raise ValueError("the flow map is closed-form for one Gaussian component only")
+    flat = jnp.reshape(x, (x.shape[0], -1))
+    dtype = flat.dtype
+    t = jnp.broadcast_to(jnp.asarray(t, dtype), flat.shape[:1])
+    s = jnp.broadcast_to(jnp.asarray(s, dtype), flat.shape[:1])
+    alpha_t, sigma_t = sde.marginal_coeffs(t)
+    alpha_s, sigma_s = sde.marginal_coeffs(s)
+    mean = jnp.asarray(mixture.means[0], dtype)
+    eigvals = jnp.asarray(mixture._eigvals[0], dtype)
+    eigvecs = jnp.asarray(mixture._eigvecs[0], dtype)
+    coords = (flat - alpha_t[:, None] * mean) @ eigvecs
+    ratio = jnp.sqrt((alpha_s[:, None] ** 2 * eigvals + sigma_s[:, None] ** 2)
+                     / (alpha_t[:, None] ** 2 * eigvals + sigma_t[:, None] ** 2))
+    out = alpha_s[:, None] * mean + (ratio * coords) @ eigvecs.T
+    return jnp.reshape(out, x.shape)
+
+
+def ode_flow_map(mixture: GaussianMixture, sde: LinearSDE, x: jax.Array, t: float, s: float,
+                 steps: int = 200) -> jax.Array:
+    """The same map for any mixture, by RK4 on the exact probability-flow ODE (scalar t, s)."""
+    model = mixture.model_fn(sde)
+
+    def velocity(x, time):
+        time = jnp.full(x.shape[:1], time, x.dtype)
+        pred = model.predict(x, time)
+        return sde.probability_flow_velocity(pred.x0, pred.eps, time)
+
+    h = (s - t) / steps
+
+    def body(i, x):
+        time = t + i * h
+        k1 = velocity(x, time)
+        k2 = velocity(x + 0.5 * h * k1, time + 0.5 * h)
+        k3 = velocity(x + 0.5 * h * k2, time + 0.5 * h)
+        k4 = velocity(x + h * k3, time + h)
+        return x + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return jax.lax.fori_loop(0, steps, body, x)

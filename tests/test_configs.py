@@ -14,11 +14,11 @@ from diffjax.config.schema import base_config
 from diffjax.experiment import example_condition
 from diffjax.models import build_model
 
-SECTION_ORDER = ["data", "model", "autoencoder", "pipeline", "sde", "training", "optim",
-                 "sampling", "eval", "mesh"]
+SECTION_ORDER = ["data", "model", "autoencoder", "classifier", "pipeline", "sde", "training",
+                 "optim", "sampling", "eval", "mesh"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit", "text",
-                  "text,test"],
+                  "text,test", "consistency", "meanflow", "distill", "test,meanflow,cond,dit"],
     "cifar10_ddpmpp_vp.py": [None, "deep"],
     "cifar10_ddpmpp_subvp.py": [None, "deep"],
     "cifar10_ncsnpp_ve.py": [None, "deep"],
@@ -28,6 +28,8 @@ CONFIGS = {
     "cifar10_ddpm.py": [None],
     "imagenet256_dit.py": [None, "S", "B", "L", "XL"],
     "imagenet256_sit.py": [None, "S", "B", "L", "XL"],
+    "cifar10_scm.py": [None, "distill"],
+    "imagenet256_meanflow.py": [None, "B", "XL"],
     "sd.py": [None, "sd21", "sdxl", "test", "sdxl,test"],
 }
 # Parameter counts of the published networks, as their reference code counts them (sum of
@@ -49,6 +51,15 @@ PUBLISHED_PARAMS = {
     ("imagenet256_sit.py", "L"): (458_086_416, 262_144),
     ("imagenet256_sit.py", "XL"): (675_111_184, 294_912),
     ("imagenet256_sit.py", None): (675_111_184, 294_912),
+    # MeanFlow's DiT (Gsunshine/meanflow models_dit.py): SiT's count plus its h_embedder, a
+    # second TimestepEmbedder (256 -> d -> d); the paper's "131M" and "676M".
+    ("imagenet256_meanflow.py", "B"): (131_288_080, 196_608),
+    ("imagenet256_meanflow.py", "XL"): (676_735_504, 294_912),
+    ("imagenet256_meanflow.py", None): (676_735_504, 294_912),
+    # EDM's DDPM++ (55,733,891) plus sCM's adaptive-weighting head: 64 fixed Fourier
+    # frequencies and Linear(128, 1).
+    ("cifar10_scm.py", None): (55_734_084, 0),
+    ("cifar10_scm.py", "distill"): (55_734_084, 0),
 }
 
 
@@ -89,7 +100,9 @@ def test_config_schema_and_model(name, arg):
     model = build_model(config)
     x = jax.ShapeDtypeStruct((2, *network_input_shape(config)), jnp.float32)
     labels = example_condition(config, 2, abstract=True)  # class ids, text states or None
-    noise = jax.ShapeDtypeStruct((2,), jnp.float32)
+    # MeanFlow's networks take (t, t - r) per example.
+    noise = jax.ShapeDtypeStruct((2, 2) if config.model.second_time_embedding else (2,),
+                                 jnp.float32)
     variables = jax.eval_shape(
         lambda x, c, y: model.init(jax.random.key(0), x, c, y, train=False), x, noise, labels)
     assert jax.tree.leaves(variables)

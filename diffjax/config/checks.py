@@ -65,7 +65,60 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.likelihood_batch_size": _at_least(1),
     "eval.likelihood_max_examples": _at_least(0),
     "eval.watch_timeout_s": _at_least(0),
+    "classifier.nf": _at_least(1),
+    "classifier.num_res_blocks": _at_least(1),
+    "classifier.train_steps": _at_least(1),
+    "classifier.train_batch_size": _at_least(1),
+    "classifier.lr": _positive(),
+    "classifier.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "training.consistency.tangent_warmup_steps": _at_least(0),
+    "training.consistency.tangent_norm_c": _at_least(0.0),
+    "training.meanflow.ratio": _in_closed(0.0, 1.0),
+    "training.meanflow.norm_p": _at_least(0.0),
+    "training.meanflow.norm_eps": _positive(),
+    "sampling.classifier_scale": _at_least(0.0),
 }
+
+# training.objective -> what it needs of the rest of the config: (check, problem, fix).
+OBJECTIVE_NAMES = ("diffusion", "consistency", "meanflow")
+
+
+def check_objective(config) -> None:
+    """The combinations the few-step objectives need (each fails with the key and the fix)."""
+    t, m = config.training, config.model
+    name = t.get("objective", "diffusion")
+    if name not in OBJECTIVE_NAMES:
+        fail("training.objective", name, "is not an objective",
+             f"choose one of {list(OBJECTIVE_NAMES)}")
+    if name == "meanflow":
+        if not m.second_time_embedding:
+            fail("model.second_time_embedding", False, "is needed by training.objective=meanflow "
+                 "(the network's second time input, t - r)",
+                 "set --config.model.second_time_embedding=True")
+        if m.parameterization not in ("velocity", "trigflow"):
+            fail("model.parameterization", m.parameterization, "is not a velocity, which "
+                 "MeanFlow's average velocity is", "set --config.model.parameterization=velocity")
+    text = bool(config.data.get("text_encoder", ""))
+    if name != "diffusion" or m.get("teacher", ""):
+        if text:
+            fail("training.objective", name, "is not implemented for text models "
+                 "(data.text_encoder)", "use training.objective=diffusion")
+        if m.get("controlnet", "") or ("lora" in m and int(m.lora.rank)):
+            fail("training.objective", name, "trains a whole network, not a LoRA adapter or a "
+                 "ControlNet", "set model.lora.rank=0 and model.controlnet=''")
+    if text and float(config.sampling.get("classifier_scale", 0.0) or 0.0):
+        fail("sampling.classifier_scale", config.sampling.classifier_scale, "guides towards "
+             "class labels, but this model is conditioned on text", "set it to 0")
+    if m.get("controlnet", "") and float(config.sampling.get("classifier_scale", 0.0) or 0.0):
+        fail("sampling.classifier_scale", config.sampling.classifier_scale, "is not implemented "
+             "for ControlNet sampling", "set it to 0")
+    if m.get("teacher", "") and name != "consistency":
+        fail("model.teacher", m.teacher, f"is set but training.objective={name!r} does not "
+             f"distil", "set --config.training.objective=consistency (sCM's distillation)")
+    sigma_d = config.sde.get("sigma_data")
+    if config.sde.name == "trigflow" and sigma_d is not None and sigma_d != m.sigma_data:
+        fail("sde.sigma_data", sigma_d, f"differs from model.sigma_data={m.sigma_data} (TrigFlow's "
+             f"sigma_d is both)", "leave sde.sigma_data unset or make them equal")
 
 
 def _get(config, key: str):

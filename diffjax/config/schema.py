@@ -2,8 +2,8 @@
 
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
-Sections come in a fixed order: data, model, autoencoder, pipeline, sde, training, optim,
-sampling, eval, mesh.
+Sections come in a fixed order: data, model, autoencoder, classifier, pipeline, sde, training,
+optim, sampling, eval, mesh.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 
@@ -64,6 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     model.fourier_scale = 16.0
     model.dtype = "float32"  # compute dtype; parameters stay float32
     model.remat = False  # rematerialise network blocks (saves memory, costs compute)
+    # A second time input: noise_cond [B, 2] = (c(t), t - r), for MeanFlow's average velocity.
+    model.second_time_embedding = False
+    # Distillation: the workdir of a trained diffjax run (its config.json and checkpoints): its
+    # EMA network is the teacher, and the student starts from its weights.
+    model.teacher = ""
     # score_sde's NCSNpp switches (models/ncsnpp.py); DDPM++ cont. (VP) values by default.
     model.unet = unet = ml_collections.ConfigDict()
     unet.nf = 128
@@ -136,6 +141,27 @@ def base_config() -> ml_collections.ConfigDict:
     autoencoder.train_batch_size = 64
     autoencoder.lr = 4.5e-6 * 64  # LDM: base lr 4.5e-6 scaled by the batch size
 
+    # Noise-conditional classifier for classifier guidance (--mode=train_classifier, into
+    # WORKDIR/classifier; sampling.classifier_scale uses it). It sees x_t of the sde section's
+    # process, scaled to unit variance, and that process's noise conditioning.
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.name = "unet"  # "unet" (ADM's encoder U-Net) or "dit" (a small DiT encoder)
+    classifier.nf = 32  # unet: widths nf * ch_mult
+    classifier.ch_mult = (1, 2, 2)
+    classifier.num_res_blocks = 2
+    classifier.attn_resolutions = (16,)
+    classifier.dropout = 0.0
+    classifier.patch_size = 2  # dit
+    classifier.hidden_size = 128
+    classifier.depth = 4
+    classifier.num_heads = 4
+    # --mode=train_classifier: these replace training.num_train_steps, training.batch_size and
+    # optim.lr; the other training and optim keys are shared.
+    classifier.train_steps = 20_000
+    classifier.train_batch_size = 128
+    classifier.lr = 3e-4  # ADM's classifiers
+    classifier.pretrained = ""  # a classifier run's folder; "" = WORKDIR/classifier
+
     # A pretrained text-to-image pipeline: a diffusers folder (diffjax/pipelines/). When set,
     # --mode=sample and --mode=eval draw images from it with sampling.prompts / eval.prompts
     # instead of restoring a checkpoint; the diffusion keys above are then not used.
@@ -169,8 +195,13 @@ def base_config() -> ml_collections.ConfigDict:
     sde.sigma_max = config_dict.placeholder(float)
     sde.num_timesteps = 1000  # ddpm: N integer steps
     sde.beta_schedule = "linear"  # ddpm: "linear" (Ho et al., 1e-4..0.02) or "cosine" (iDDPM)
+    sde.sigma_data = config_dict.placeholder(float)  # trigflow: sigma_d; None = model.sigma_data
 
     config.training = training = ml_collections.ConfigDict()
+    # What the step minimises: "diffusion" (the denoising loss of diffjax/diffusion/losses.py),
+    # "consistency" (sCM's continuous-time consistency training, or distillation with
+    # model.teacher; diffjax/diffusion/consistency.py), "meanflow" (diffjax/diffusion/meanflow.py).
+    training.objective = "diffusion"
     training.batch_size = 128  # global, over all devices and hosts
     training.num_train_steps = 1_300_000
     training.microbatches = 1  # gradient accumulation: batch_size / microbatches per pass
@@ -196,6 +227,24 @@ def base_config() -> ml_collections.ConfigDict:
     training.likelihood_weighting = False  # weight g(t)^2 on the score (score_sde)
     training.reduce_mean = False  # mean (True) or 0.5 * sum (False) over pixels, as score_sde
     training.preemption_check_every_steps = 10  # multi-host agreement on SIGTERM
+    # sCM (Lu & Song, 2024); times: training.P_mean / P_std (log-normal sigma~ = sigma_d tan t).
+    training.consistency = consistency = ml_collections.ConfigDict()
+    consistency.tangent_warmup_steps = 10_000  # the tangent's second term ramps from 0 to 1
+    consistency.tangent_norm_c = 0.1  # g / (||g|| + c)
+    consistency.adaptive_weighting = True  # learned log-variance w_phi(t) (EDM2's)
+    consistency.prior_weighting = True  # the 1 / (sigma_d tan t) factor
+    # MeanFlow (Geng et al., 2025); times: t, r logit-normal (training.logit_normal_mean / std).
+    training.meanflow = meanflow = ml_collections.ConfigDict()
+    meanflow.ratio = 0.25  # fraction of the batch with r != t (the rest: r = t, flow matching)
+    meanflow.norm_p = 1.0  # adaptive weight 1 / sg(loss + norm_eps)^p
+    meanflow.norm_eps = 0.01  # the official code's c (the paper mentions 1e-3)
+    # Guidance trained into the model (conditional models): v~ = omega v + (1 - omega - kappa)
+    # u(z, t, t | null) + kappa u(z, t, t | y) for t in [guidance_t_start, guidance_t_end];
+    # omega = 1, kappa = 0 is plain conditional training.
+    meanflow.omega = 1.0
+    meanflow.kappa = 0.0
+    meanflow.guidance_t_start = 0.0
+    meanflow.guidance_t_end = 1.0
     training.profile_first_step = -1  # >= 0: trace steps [first, first + num) to WORKDIR/profile
     training.profile_num_steps = 5
     training.wandb_project = ""  # "" = off; else a Weights & Biases project (pip diffjax[wandb])
@@ -254,10 +303,16 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.max_steps = 4096
+    # consistency, meanflow: the N - 1 times between the N steps, as "t1,t2,..." in the process's
+    # time (decreasing); "" = the interior points of sampling.time_grid.
+    sampling.intermediate_times = ""
     # Classifier-free guidance s (DiT/diffusers convention): 1 = plain conditional, DiT uses 1.5.
     sampling.guidance_scale = 1.0
     # Guide only the first k output channels (0 = every prediction channel); DiT guides 3.
     sampling.guidance_channels = 0
+    # Classifier guidance (Dhariwal & Nichol): s * grad log p(y | x_t) added to the score, with
+    # the classifier of classifier.pretrained and the labels of sampling.labels; 0 = off.
+    sampling.classifier_scale = 0.0
     sampling.use_ema = True
     sampling.num_samples = 64  # --mode=sample
     sampling.batch_size = 64

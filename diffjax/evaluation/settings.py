@@ -90,7 +90,10 @@ class EvalSetting:
         c = self.config
         text = bool(c.data.get("text_encoder", ""))
         conditional = bool(c.model.conditional) or text
-        signature = {
+        guided = float(c.sampling.get("classifier_scale", 0.0) or 0.0)
+        # Classifier guidance enters only when on, so that other reports keep their names.
+        signature = {"classifier_scale": guided, "labels": str(c.sampling.labels)} if guided else {}
+        signature.update({
             "sampler": c.sampling.method,
             "options": sampling.sampler_options(c.sampling),
             "guidance_scale": float(c.sampling.guidance_scale) if conditional else None,
@@ -101,7 +104,7 @@ class EvalSetting:
             "centered": bool(c.data.centered),
             "dequantize": bool(c.data.dequantize),
             "reference": reference_name,
-        }
+        })
         if text:  # what else a text model's report measures
             signature.update(prompts=str(c.eval.prompts),
                              prompt_num_samples=int(c.eval.prompt_num_samples),
@@ -117,6 +120,8 @@ class EvalSetting:
             parts.append(f"{options['num_steps']}steps")
         if c.model.conditional or c.data.get("text_encoder", ""):
             parts.append(f"cfg{float(c.sampling.guidance_scale):g}")
+        if float(c.sampling.get("classifier_scale", 0.0) or 0.0):
+            parts.append(f"cg{float(c.sampling.classifier_scale):g}")
         if not c.sampling.use_ema:
             parts.append("raw")
         parts.append(f"n{int(c.eval.num_samples)}")

@@ -1,7 +1,10 @@
 """Networks by name. Each is `net(x, noise_cond, labels, *, train) -> output like x`; `labels`
 is the conditioning (class ids, or for "pixart" the text encoder outputs, a dict).
 
-Networks know nothing about processes: what their output means is diffjax.diffusion's.
+Networks know nothing about processes: what their output means is diffjax.diffusion's. With
+`model.second_time_embedding` noise_cond is [B, 2] (MeanFlow's (t, t - r)); sCM's adaptive
+weighting wraps the network with a log-variance head (`log_variance.py`); `build_classifier`
+builds the noise-conditional classifier of classifier guidance (`classifier.py`, logits out).
 Imports: nothing else of diffjax but parallel's logical-axis names (by string), and storage for
 the diffusers U-Net's folders (sd_unet_weights.py).
 """
@@ -29,6 +32,18 @@ def _num_classes(config) -> int:
     return int(config.data.num_classes) if config.model.conditional else 0
 
 
+def _label_dropout(config) -> float:
+    """MeanFlow drops labels in its objective (its target depends on which were dropped), so
+    its network must not drop them again (the official DiT gets class_dropout_prob=0)."""
+    if config.training.get("objective", "diffusion") == "meanflow":
+        return 0.0
+    return float(config.model.label_dropout)
+
+
+def _second_time(config) -> bool:
+    return bool(config.model.get("second_time_embedding", False))
+
+
 def build_ncsnpp(config) -> nn.Module:
     """score_sde's NCSN++ network (DDPM++ and NCSN++ are its configurations)."""
     from diffjax.models.ncsnpp import NCSNpp
@@ -49,8 +64,9 @@ def build_ncsnpp(config) -> nn.Module:
         init_scale=u.init_scale, noise_conditional=u.noise_conditional,
         scale_by_sigma=u.scale_by_sigma, centered=config.data.centered,
         nonlinearity=u.nonlinearity, num_classes=_num_classes(config),
-        label_dropout=m.label_dropout, label_embedding=u.label_embedding,
-        augment_dim=u.augment_dim, dtype=compute_dtype(m), remat=m.remat,
+        label_dropout=_label_dropout(config), label_embedding=u.label_embedding,
+        augment_dim=u.augment_dim, second_time_embedding=_second_time(config),
+        dtype=compute_dtype(m), remat=m.remat,
     )
 
 
@@ -65,8 +81,9 @@ def build_dit(config) -> nn.Module:
                      num_heads=d.num_heads)
     return DiT(
         **shape, mlp_ratio=d.mlp_ratio, num_classes=_num_classes(config),
-        label_dropout=m.label_dropout, pos_embed=d.pos_embed, noise_embedding=m.noise_embedding,
-        fourier_scale=m.fourier_scale, learn_sigma=d.learn_sigma,
+        label_dropout=_label_dropout(config), pos_embed=d.pos_embed,
+        noise_embedding=m.noise_embedding, fourier_scale=m.fourier_scale,
+        learn_sigma=d.learn_sigma, second_time_embedding=_second_time(config),
         dtype=compute_dtype(m), remat=m.remat,
     )
 
@@ -96,6 +113,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit, "pixart": build_pixart}
 
 
+def uses_log_variance(config) -> bool:
+    """sCM's adaptive weighting learns a log-variance per noise level beside the network."""
+    t = config.training
+    return t.get("objective", "diffusion") == "consistency" and \
+        bool(t.consistency.adaptive_weighting)
+
+
 def build_model(config) -> nn.Module:
     try:
         builder = MODELS[config.model.name]
@@ -103,4 +127,29 @@ def build_model(config) -> nn.Module:
         raise ValueError(
             f"Unknown model.name={config.model.name!r}; choose one of {sorted(MODELS)}."
         ) from None
-    return builder(config)
+    model = builder(config)
+    if uses_log_variance(config):
+        from diffjax.models.log_variance import WithLogVariance
+
+        model = WithLogVariance(model)
+    return model
+
+
+def build_classifier(config) -> nn.Module:
+    """The noise-conditional classifier of `config.classifier` (`diffjax/models/classifier.py`)."""
+    from diffjax.models.classifier import CLASSIFIER_KINDS, DiTClassifier, EncoderUNetClassifier
+
+    c, m = config.classifier, config.model
+    if c.name == "unet":
+        return EncoderUNetClassifier(
+            num_classes=int(config.data.num_classes), nf=c.nf, ch_mult=tuple(c.ch_mult),
+            num_res_blocks=c.num_res_blocks, attn_resolutions=tuple(c.attn_resolutions),
+            dropout=c.dropout, embedding_type=m.noise_embedding, fourier_scale=m.fourier_scale,
+            dtype=compute_dtype(m))
+    if c.name == "dit":
+        return DiTClassifier(
+            num_classes=int(config.data.num_classes), patch_size=c.patch_size,
+            hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads,
+            embedding_type=m.noise_embedding, fourier_scale=m.fourier_scale,
+            dtype=compute_dtype(m))
+    raise ValueError(f"Unknown classifier.name={c.name!r}; choose one of {list(CLASSIFIER_KINDS)}.")

@@ -7,6 +7,10 @@ adaptive LayerNorm: each block regresses shift/scale/gate vectors from c, and
 those regressions start at zero so that every block starts as the identity
 and the whole network starts by predicting exactly zero ("adaLN-Zero").
 
+`second_time_embedding=True` is MeanFlow's DiT (Geng et al., 2025, Gsunshine/meanflow's
+models_dit.py): noise_cond [B, 2] = (c(t), t - r) and c = t_embed + h_embed + y_embed, the
+second embedding an identical TimestepEmbedder of t - r.
+
 `learn_sigma=True` gives the paper's output of 2C channels: the noise
 prediction, then the per-pixel interpolation v between log beta_t and the
 log posterior variance (Nichol & Dhariwal); the parameter counts are then the
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.embeddings import LabelEmbedding, NoiseLevelEmbedding
+from diffjax.models.embeddings import LabelEmbedding, NoiseLevelEmbedding, split_noise_cond
 
 Dtype = jnp.dtype
 
@@ -255,6 +259,7 @@ class DiT(nn.Module):
     noise_embedding: str = 'positional'
     fourier_scale: float = 16.0
     learn_sigma: bool = False
+    second_time_embedding: bool = False  # noise_cond [B, 2] = (c(t), t - r): MeanFlow's DiT
     dtype: Dtype = jnp.float32
     remat: bool = False
 
@@ -289,10 +294,15 @@ class DiT(nn.Module):
 
     def _conditioning(self, noise_cond: jax.Array, labels: jax.Array | None,
                       batch: int, train: bool) -> jax.Array:
-        noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
+        noise_cond, interval = split_noise_cond(noise_cond, batch, self.second_time_embedding)
         c = NoiseLevelEmbedding(self.hidden_size, kind=self.noise_embedding,
                                 fourier_scale=self.fourier_scale, dtype=self.dtype,
                                 name='noise_embed')(noise_cond)
+        if self.second_time_embedding:
+            # MeanFlow's DiT: a second TimestepEmbedder (its h_embedder) of t - r, summed.
+            c = c + NoiseLevelEmbedding(self.hidden_size, kind=self.noise_embedding,
+                                        fourier_scale=self.fourier_scale, dtype=self.dtype,
+                                        name='interval_embed')(interval)
         if self.num_classes > 0:
             c = c + LabelEmbedding(self.num_classes, self.hidden_size,
                                    self.label_dropout, dtype=self.dtype,

@@ -70,6 +70,21 @@ def score_sde_timestep_embedding(noise_cond: jax.Array, dim: int,
                       log_max=math.log(max_positions), endpoint=True, sin_first=True)
 
 
+def split_noise_cond(noise_cond, batch: int, second_time: bool):
+    """(noise_cond [B], second time [B] or None): a network with a second time input
+    (MeanFlow's (t, t - r)) takes noise_cond of shape [B, 2]; the others one scalar per example
+    (a scalar broadcasts)."""
+    noise_cond = jnp.asarray(noise_cond, jnp.float32)
+    if not second_time:
+        return jnp.broadcast_to(noise_cond, (batch,)), None
+    if noise_cond.ndim != 2 or noise_cond.shape[-1] != 2:
+        raise ValueError(
+            f'A network with model.second_time_embedding=True takes noise_cond of shape '
+            f'[B, 2] (the time and the interval t - r), got {noise_cond.shape}.')
+    noise_cond = jnp.broadcast_to(noise_cond, (batch, 2))
+    return noise_cond[:, 0], noise_cond[:, 1]
+
+
 class SinusoidalEmbedding(nn.Module):
     """Module wrapper around `timestep_embedding` so both kinds of frequency
     features can be looked up by name in `EMBEDDING_KINDS` and built alike."""

@@ -24,6 +24,11 @@ without bias) to the noise features, fed zeros (diffjax has no augmentation pipe
 networks have their exact parameter count (55,735,299 for edm-cifar10-32x32-cond-vp);
 attention uses `jax.nn.dot_product_attention` (the same function; fused on GPUs).
 
+`second_time_embedding=True` (diffjax, for MeanFlow's average velocity u(z, r, t)) takes
+noise_cond of shape [B, 2], (c(t), t - r), and adds a second embedding of t - r (its own
+frequency features and Linear-act-Linear, `interval_0`, `interval_1`) to the time embedding; off,
+the network and its parameters are score_sde's.
+
 Top-level submodules are created in the order of score_sde's `all_modules` list; the converter
 (`diffjax.convert`) relies on that order to map `all_modules.<i>` onto these names.
 """
@@ -38,7 +43,7 @@ import numpy as np
 
 from diffjax.models import fir
 from diffjax.models.embeddings import (GaussianFourierEmbedding, LabelEmbedding,
-                                       score_sde_timestep_embedding)
+                                       score_sde_timestep_embedding, split_noise_cond)
 from diffjax.models.ncsnpp_layers import (DENSE_AXES, AttnBlockpp, Combine, Downsample,
                                           ResnetBlockBigGANpp, ResnetBlockDDPMpp, Upsample, conv3x3,
                                           default_init, dense, get_activation, group_norm)
@@ -80,6 +85,7 @@ class NCSNpp(nn.Module):
     label_dropout: float = 0.1
     label_embedding: str = "embedding"
     augment_dim: int = 0  # EDM's map_augment: augmentation labels (always zero here) -> features
+    second_time_embedding: bool = False  # diffjax: noise_cond [B, 2] = (c(t), t - r) (MeanFlow)
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -98,6 +104,9 @@ class NCSNpp(nn.Module):
         if self.num_classes > 0 and not self.noise_conditional:
             raise ValueError("Class conditioning (model.conditional) needs "
                              "model.unet.noise_conditional=True.")
+        if self.second_time_embedding and not self.noise_conditional:
+            raise ValueError("model.second_time_embedding needs "
+                             "model.unet.noise_conditional=True.")
         if self.augment_dim < 0 or self.augment_dim and not self.noise_conditional:
             raise ValueError(f"model.unet.augment_dim={self.augment_dim} needs "
                              f"model.unet.noise_conditional=True and augment_dim >= 0.")
@@ -109,8 +118,8 @@ class NCSNpp(nn.Module):
         added to the skip connections and to the middle's output, as diffusers' U-Net adds
         them; None for the plain network."""
         self._check(x)
-        noise_cond = self._noise_levels(x, noise_cond)
-        temb = self._embedding(noise_cond, labels, train)
+        noise_cond, interval = self._noise_levels(x, noise_cond)
+        temb = self._embedding(noise_cond, labels, train, interval)
         x = self._input(x)
         out_channels = x.shape[-1]
         hs = self._down(x, temb, train)
@@ -154,16 +163,21 @@ class NCSNpp(nn.Module):
                     fir_kernel=tuple(self.fir_kernel), dtype=self.dtype)
 
     def _noise_levels(self, x, noise_cond):
-        return jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (x.shape[0],))
+        """(noise_cond [B], the second time t - r [B] or None)."""
+        return split_noise_cond(noise_cond, x.shape[0], self.second_time_embedding)
 
-    def _embedding(self, noise_cond, labels, train: bool):
-        """The noise-level (+ class) embedding every residual block receives, or None."""
+    def _embedding(self, noise_cond, labels, train: bool, interval=None):
+        """The noise-level (+ second time, + class) embedding every residual block receives,
+        or None."""
         nf, dtype, batch = self.nf, self.dtype, noise_cond.shape[0]
-        if self.embedding_type == "fourier":
-            features = GaussianFourierEmbedding(2 * nf, scale=self.fourier_scale,
-                                                name="noise_features")(noise_cond)
-        else:
-            features = score_sde_timestep_embedding(noise_cond, nf)
+
+        def frequency_features(values, name):
+            if self.embedding_type == "fourier":
+                return GaussianFourierEmbedding(2 * nf, scale=self.fourier_scale,
+                                                name=name)(values)
+            return score_sde_timestep_embedding(values, nf)
+
+        features = frequency_features(noise_cond, "noise_features")
         use_labels = self.num_classes > 0
 
         def label_embedding(dim):
@@ -185,6 +199,10 @@ class NCSNpp(nn.Module):
             act = self._act()
             temb = dense(4 * nf, dtype=dtype, name="temb_0")(features.astype(dtype))
             temb = dense(4 * nf, dtype=dtype, name="temb_1")(act(temb))
+            if self.second_time_embedding:
+                second = frequency_features(interval, "interval_features").astype(dtype)
+                second = dense(4 * nf, dtype=dtype, name="interval_0")(second)
+                temb = temb + dense(4 * nf, dtype=dtype, name="interval_1")(act(second))
             if use_labels and self.label_embedding == "embedding":
                 temb = temb + label_embedding(4 * nf).astype(temb.dtype)
         return temb

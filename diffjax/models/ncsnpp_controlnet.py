@@ -89,8 +89,8 @@ class NCSNppControlNet(NCSNpp):
         if cond.shape[0] != x.shape[0]:
             raise ValueError(f"{cond.shape[0]} conditioning images for a batch of "
                              f"{x.shape[0]}.")
-        noise_cond = self._noise_levels(x, noise_cond)
-        temb = self._embedding(noise_cond, labels, train)
+        noise_cond, interval = self._noise_levels(x, noise_cond)
+        temb = self._embedding(noise_cond, labels, train, interval)
         x = self._input(x)
         hint = ConditioningEmbedding(self.nf, tuple(self.embedding_channels), self.dtype,
                                      name="controlnet_cond_embedding")(cond, x.shape[1])

@@ -36,6 +36,13 @@ def _train_autoencoder(config, workdir: str) -> dict[str, Any]:
     return train_autoencoder(config, workdir)
 
 
+def _train_classifier(config, workdir: str) -> dict[str, Any]:
+    """the noise-conditional classifier of classifier guidance, into DIR/classifier"""
+    from diffjax.modes.classifier import train_classifier
+
+    return train_classifier(config, workdir)
+
+
 def _encode_latents(config, workdir: str) -> dict[str, Any]:
     """data.split encoded by the first stage into data.latent_dir"""
     from diffjax.modes.encode_latents import encode_latents
@@ -82,6 +89,7 @@ def _likelihood(config, workdir: str) -> dict[str, Any]:
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
     "train_autoencoder": _train_autoencoder,
+    "train_classifier": _train_classifier,
     "encode_latents": _encode_latents,
     "fid_stats": _fid_stats,
     "eval": _eval,
@@ -106,7 +114,7 @@ def _local_checkpoints(workdir: str) -> str | None:
 
 
 # Modes that write checkpoints; the others only read a workdir and run beside training.
-WRITING_MODES = ("train", "train_autoencoder")
+WRITING_MODES = ("train", "train_autoencoder", "train_classifier")
 
 
 def run(config, workdir: str, mode: str = "train") -> Any:
@@ -140,6 +148,9 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     peers.start_watchdog(_local_checkpoints(workdir))
     # Relative latent paths (data.latent_dir, autoencoder.pretrained) are inside the workdir.
     config = latent_mode.resolve_paths(config, workdir)
+    from diffjax.experiment import resolve_classifier_path
+
+    config = resolve_classifier_path(config, workdir)  # "" = WORKDIR/classifier
     try:
         # Before anything is built (train checks when it resumes); a pipeline is no run.
         if mode in READS_A_RUN and not config.pipeline.folder:

@@ -23,7 +23,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from diffjax.config.checks import ConfigError, check_ranges, fail
+from diffjax.config.checks import ConfigError, check_objective, check_ranges, fail
 from diffjax.storage import filesystem as fs
 
 
@@ -93,6 +93,12 @@ def check_data(config, mode: str) -> None:
                  f"set --config.data.num_classes={label.num_classes}")
 
 
+def _features(config):
+    from diffjax import data as data_lib
+
+    return data_lib.dataset_builder(config.data).info.features
+
+
 def check_batch_divisibility(config, mesh) -> None:
     from diffjax.parallel.mesh import batch_axis_size
 
@@ -109,7 +115,35 @@ def check_batch_divisibility(config, mesh) -> None:
              f"use a multiple of {processes}")
 
 
-def trace_train_step(config, experiment) -> None:
+def check_teacher(config):
+    """model.teacher names a run with a config and a checkpoint; returns a Teacher whose
+    parameters are abstract (enough to trace the student's step)."""
+    from diffjax.training.teacher import Teacher, teacher_experiment
+
+    run = config.model.teacher
+    if not fs.is_dir(fs.join(fs.absolute(run), "checkpoints")):
+        fail("model.teacher", run, "holds no checkpoints", "name the --workdir of a trained "
+             "diffjax run (e.g. the one `make quickstart` trains)")
+    try:
+        teacher, experiment = teacher_experiment(config)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    return Teacher(teacher, experiment, experiment.spec.abstract.ema_params, step=-1)
+
+
+def check_classifier(config, mode: str) -> None:
+    """The classifier of classifier guidance exists (sampling modes)."""
+    path = config.classifier.pretrained
+    if not path or not fs.is_dir(fs.join(path, "checkpoints")):
+        fail("sampling.classifier_scale", config.sampling.classifier_scale,
+             f"needs a classifier, and classifier.pretrained={path!r} has no checkpoints",
+             "train it first: --mode=train_classifier with the same --config and --workdir")
+    if config.data.latent_dir:
+        fail("sampling.classifier_scale", config.sampling.classifier_scale, "guides pixels, "
+             "but this model samples latents", "use a pixel-space model")
+
+
+def trace_train_step(config, experiment, teacher=None) -> None:
     from diffjax.latents.latent_mode import is_latent, model_input_shape
     from diffjax.latents.text_cache import conditioning_shapes, is_text
     from diffjax.training.objectives import objective_for
@@ -133,12 +167,17 @@ def trace_train_step(config, experiment) -> None:
         batch["image"] = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.num_channels),
                                               jnp.uint8)
     frozen = experiment.frozen
+    objective = objective_for(experiment, teacher)
     step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                           objective_for(experiment),
-                           combine=frozen.combine if frozen is not None else None)
+                           objective, combine=frozen.combine if frozen is not None else None)
+    constants = getattr(objective, "constants", None)
+    extra = ()
+    if frozen is not None or constants is not None:
+        extra = (None if frozen is None else frozen.abstract,)
+    if constants is not None:
+        extra += (constants,)
     with experiment.activate():
-        jax.eval_shape(step, experiment.spec.abstract, batch,
-                       *(() if frozen is None else (frozen.abstract,)))
+        jax.eval_shape(step, experiment.spec.abstract, batch, *extra)
 
 
 def check_latent_mode(config, mode: str) -> None:
@@ -226,20 +265,36 @@ def check_text_mode(config, mode: str) -> None:
 
 def trace_sampler(config, experiment, batch_size: int) -> None:
     from diffjax import sampling
-    from diffjax.experiment import example_condition, is_guided, score_fn_for
-    from diffjax.sampling.generate import image_shape
+    from diffjax.diffusion.classifier_guidance import score_guidance
+    from diffjax.experiment import (build_experiment, classifier_network,
+                                    classifier_training_config, example_condition, is_guided,
+                                    score_fn_for)
+    from diffjax.sampling.generate import classifier_scale, image_shape
 
     labels = example_condition(config, batch_size)
+    class_labels = jnp.zeros((batch_size,), jnp.int32)  # what a guiding classifier is told
     guidance = float(config.sampling.guidance_scale) if is_guided(config) else 1.0
+    scale = classifier_scale(config)
+    classifier = None
+    if scale:
+        classifier = build_experiment(classifier_training_config(config), task="classifier")
 
-    def generate(params, rng):
-        score_fn = score_fn_for(config, experiment.model, experiment.sde, params, labels=labels,
-                                guidance_scale=guidance)
+    def generate(params, classifier_params, rng):
+        guide = None
+        if classifier is not None:
+            guide = score_guidance(classifier_network(classifier.model, classifier_params),
+                                   experiment.sde, class_labels, scale,
+                                   float(config.model.sigma_data))
+        score_fn = score_fn_for(config, experiment.model, experiment.sde, params,
+                                labels=labels,
+                                guidance_scale=guidance, score_guidance=guide)
         return sampling.sample(config.sampling, rng, score_fn, experiment.sde,
                                image_shape(config, batch_size))
 
+    classifier_params = None if classifier is None else classifier.spec.abstract.ema_params
     with experiment.activate():
-        jax.eval_shape(generate, experiment.abstract_network_params(), jax.random.key(0))
+        jax.eval_shape(generate, experiment.abstract_network_params(), classifier_params,
+                       jax.random.key(0))
 
 
 def validate(config, mode: str):
@@ -250,6 +305,7 @@ def validate(config, mode: str):
     check_ranges(config)
     if config.pipeline.folder:
         return check_pipeline(config, mode)
+    check_objective(config)
     check_eval_selection(config)
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
@@ -264,6 +320,21 @@ def validate(config, mode: str):
         experiment = build_experiment(ae_config, task="autoencoder")
         check_batch_divisibility(ae_config, experiment.mesh)
         trace_train_step(ae_config, experiment)
+        return experiment
+    if mode == "train_classifier":
+        from diffjax.experiment import classifier_training_config
+
+        if config.data.latent_dir:
+            fail("data.latent_dir", config.data.latent_dir, "is set, but the classifier of "
+                 "classifier guidance is trained on pixels", "train it with a pixel-space config")
+        clf_config = classifier_training_config(config)
+        check_data(clf_config, "train")
+        if "label" not in _features(clf_config):
+            fail("data.dataset", config.data.dataset, "has no labels to train a classifier on",
+                 "use a labelled dataset")
+        experiment = build_experiment(clf_config, task="classifier")
+        check_batch_divisibility(clf_config, experiment.mesh)
+        trace_train_step(clf_config, experiment)
         return experiment
     from diffjax.latents.latent_mode import is_latent, uses_cache
     from diffjax.latents.text_cache import is_text
@@ -298,13 +369,18 @@ def validate(config, mode: str):
             fail("training.eps", 0.0, f"puts training times at t = 0, where the "
                  f"{config.sde.name} process has no noise", "set it > 0 (e.g. 1e-5)")
         check_batch_divisibility(config, experiment.mesh)
-        trace_train_step(config, experiment)
+        teacher = check_teacher(config) if config.model.get("teacher", "") else None
+        trace_train_step(config, experiment, teacher)
     if mode in MODES_SAMPLING:
         from diffjax.parallel.mesh import batch_axis_size
 
         # One row per data-parallel device traces the same program as any batch size.
         rows = batch_axis_size(experiment.mesh)
         for variant in _sampling_variants(config, mode):
+            if mode != "train" and float(variant.sampling.get("classifier_scale", 0.0) or 0.0):
+                check_classifier(variant, mode)
+            elif float(variant.sampling.get("classifier_scale", 0.0) or 0.0):
+                continue  # training grids are drawn without classifier guidance
             trace_sampler(variant, experiment, rows)
     if mode == "sample":
         check_sample_mode(config)

@@ -43,7 +43,8 @@ from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.latents.reader import check_first_stage
 from diffjax.outputs import images
 from diffjax.runtime.console import progress_bar
-from diffjax.sampling.generate import make_generate_fn, make_inpaint_fn, requested_labels
+from diffjax.sampling.generate import (classifier_scale, make_generate_fn, make_inpaint_fn,
+                                       requested_labels, uses_labels)
 from diffjax.sampling.run import draw_samples
 from diffjax.storage import filesystem as fs
 from diffjax.storage.checkpoints import Checkpointer
@@ -53,10 +54,13 @@ def settings_signature(config, step: int) -> dict[str, Any]:
     """Everything that changes the images of --mode=sample (the data range included)."""
     s = config.sampling
     conditional = bool(config.model.conditional)
-    return {"step": int(step), "sampler": s.method, "options": sampling.sampler_options(s),
+    # Classifier guidance enters only when on, so that other outputs keep their names.
+    guided = {"classifier_scale": classifier_scale(config)} if classifier_scale(config) else {}
+    return {**guided, "step": int(step), "sampler": s.method,
+            "options": sampling.sampler_options(s),
             "guidance_scale": float(s.guidance_scale) if conditional else None,
             "guidance_channels": int(s.get("guidance_channels", 0) or 0) if conditional
-            else None, "labels": str(s.labels).strip() if conditional else None,
+            else None, "labels": str(s.labels).strip() if uses_labels(config) else None,
             "use_ema": bool(s.use_ema), "inpaint": s.inpaint or None,
             "num_samples": int(s.num_samples),
             "batch_size": min(int(s.batch_size), int(s.num_samples)), "seed": int(config.seed),
@@ -70,12 +74,14 @@ def output_name(config, step: int) -> str:
                                         if "num_steps" in options else "")]
     if is_guided(config):
         parts.append(f"cfg{float(s.guidance_scale):g}")
-        if str(s.labels).strip() and config.model.conditional:
-            parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
         if text_cache.is_text(config):
             spec = str(s.get("prompts", "")).strip()
             parts.append("prompts-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
                          if spec else "captions")
+    if classifier_scale(config):
+        parts.append(f"cg{classifier_scale(config):g}")
+    if uses_labels(config) and str(s.labels).strip():
+        parts.append("labels-" + str(s.labels).strip().replace(",", "-"))
     if not s.use_ema:
         parts.append("raw")
     if s.inpaint:
@@ -240,6 +246,8 @@ def sample(config, workdir: str) -> dict[str, Any]:
                "use_ema": bool(s_cfg.use_ema), "seed": int(config.seed), "name": name,
                "guidance_scale": float(s_cfg.guidance_scale) if is_guided(config)
                else None, "inpaint": s_cfg.inpaint or None}
+    if classifier_scale(config):
+        summary["classifier_scale"] = classifier_scale(config)
     if conditions is not None:
         from diffjax.sampling.controlnet import condition_errors
 

@@ -22,6 +22,8 @@ it. `nfe` is the exact number of network evaluations. `sde` is any `diffjax.diff
     ddpm               ancestral, posterior variance beta~/beta/     N (DiT's 250 steps: 250)
                        learned, N = DiT's num_sampling_steps
     sit_sde            SiT's SDE sampler (Euler-Maruyama + last step) N
+    consistency        consistency models: x0, re-noise, x0, ...     N (1, 2 or N steps)
+    meanflow           MeanFlow's average-velocity jumps T -> 0      N
 plus one for the final Tweedie step when `denoise` (samplers that have the option; edm_heun,
 ddpm and sit_sde end at the clean data by construction). Inpainting (replacement, score_sde):
 `inpaint(rng, score_fn, sde, x_known, mask, method=...)` for the three SDE samplers.
@@ -56,6 +58,7 @@ from diffjax.sampling.ddim_sampler import ddim
 from diffjax.sampling.ddpm_sampler import ddpm
 from diffjax.sampling.dpm_solver_multistep import dpm_solver
 from diffjax.sampling.edm_sampler import edm_heun
+from diffjax.sampling.few_step import consistency, meanflow
 from diffjax.sampling.inpainting import inpaint
 from diffjax.sampling.ode_solvers import ode_euler, ode_heun_t
 from diffjax.sampling.result import SampleResult
@@ -74,6 +77,8 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "edm_heun": edm_heun,
     "ddpm": ddpm,
     "sit_sde": sit_sde,
+    "consistency": consistency,
+    "meanflow": meanflow,
 }
 # Names that changed, with what to use instead.
 RENAMED: dict[str, str] = {
@@ -95,6 +100,8 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "edm_heun": ("num_steps", "eps", "rho", "S_churn", "S_min", "S_max", "S_noise"),
     "ddpm": ("num_steps", "eps", "time_grid", "rho", "variance", "clip_denoised"),
     "sit_sde": ("num_steps", "diffusion_form", "diffusion_norm", "last_step", "last_step_size"),
+    "consistency": ("num_steps", "eps", "time_grid", "rho", "intermediate_times"),
+    "meanflow": ("num_steps", "time_grid", "rho", "intermediate_times"),
 }
 
 
@@ -135,6 +142,7 @@ CONFIG_DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "diffusion_norm": (1.0, float),
     "last_step": ("mean", str),
     "last_step_size": (0.04, float),
+    "intermediate_times": ("", str),
 }
 
 

@@ -19,9 +19,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib, sampling
+from diffjax.diffusion.classifier_guidance import score_guidance
 from diffjax.diffusion.guidance import grid_labels
 from diffjax.diffusion.processes import LinearSDE
-from diffjax.experiment import is_guided, score_fn_for
+from diffjax.experiment import classifier_network, is_guided, load_classifier, score_fn_for
 from diffjax.latents.latent_mode import is_latent, model_input_shape
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
@@ -60,23 +61,45 @@ def _on_devices(mesh: Mesh, tree, padded: int):
     return None if tree is None else jax.tree.map(place, tree)
 
 
+def classifier_scale(config, sampling_config=None) -> float:
+    """sampling.classifier_scale: the weight of classifier guidance (0 = off)."""
+    return float((sampling_config or config.sampling).get("classifier_scale", 0.0) or 0.0)
+
+
+def uses_labels(config, sampling_config=None) -> bool:
+    """Whether samples are drawn for class labels: conditional models, and classifier guidance
+    (whose classifier needs them even when the diffusion model is unconditional)."""
+    return bool(config.model.conditional) or classifier_scale(config, sampling_config) != 0.0
+
+
 def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
-                     sampling_config=None, decoder=None) -> Callable:
+                     sampling_config=None, decoder=None, allow_classifier: bool = True
+                     ) -> Callable:
     """`generate(params, rng, labels)`; labels is an int32 [batch_size] array or None.
 
     Any batch size works: the batch is padded to a multiple of the data-parallel devices (the
     padding is sampled and dropped), so a 10-image grid runs on 8 devices. With a `decoder` (the
     first stage's `VAE`, latent mode) the latents are decoded to pixels in the same compiled
-    program, so a sample never leaves the devices between the sampler and the decoder.
+    program, so a sample never leaves the devices between the sampler and the decoder. With
+    sampling.classifier_scale != 0 (and `allow_classifier`) the classifier of
+    classifier.pretrained guides every network evaluation toward `labels`, in the same program.
     """
     sampling_config = sampling_config or config.sampling
     padded = _padded_size(mesh, batch_size)
     shape = image_shape(config, padded)
     guidance = float(sampling_config.guidance_scale) if is_guided(config) else 1.0
+    scale = classifier_scale(config, sampling_config) if allow_classifier else 0.0
+    classifier = load_classifier(config, list(mesh.devices.flat)) if scale else None
+    sigma_data = float(config.model.sigma_data)
 
-    def generate(params, decoder_params, rng, labels):
-        score_fn = score_fn_for(config, model, sde, params, labels=labels,
-                                guidance_scale=guidance)
+    def generate(params, decoder_params, classifier_params, rng, labels):
+        guide = None
+        if classifier is not None:
+            guide = score_guidance(classifier_network(classifier.module, classifier_params), sde,
+                                   labels, scale, sigma_data)
+        score_fn = score_fn_for(config, model, sde, params,
+                                labels=labels if is_guided(config) else None,
+                                guidance_scale=guidance, score_guidance=guide)
         result = sampling.sample(sampling_config, rng, score_fn, sde, shape)
         samples = jax.lax.with_sharding_constraint(result.samples, batch_sharding(mesh))
         if decoder is not None:
@@ -86,9 +109,14 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
 
     jitted = jax.jit(generate, out_shardings=(batch_sharding(mesh), replicated(mesh)))
     decoder_params = decoder.params if decoder is not None else None
+    classifier_params = classifier.params if classifier is not None else None
 
     def generate_any_size(params, rng, labels):
-        samples, nfe = jitted(params, decoder_params, rng, _on_devices(mesh, labels, padded))
+        if classifier is not None and labels is None:
+            raise ValueError("Classifier guidance needs class labels: set sampling.labels "
+                             "(e.g. --config.sampling.labels=3 or 0,1,2).")
+        samples, nfe = jitted(params, decoder_params, classifier_params, rng,
+                              _on_devices(mesh, labels, padded))
         return (samples if padded == batch_size else samples[:batch_size]), nfe
 
     return generate_any_size
@@ -105,6 +133,9 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     padded = _padded_size(mesh, batch_size)
     guidance = float(sampling_config.guidance_scale) if is_guided(config) else 1.0
     options = sampling.sampler_options(sampling_config)  # the method's own keys only
+
+    if classifier_scale(config, sampling_config):
+        raise ValueError("sampling.classifier_scale does not apply to inpainting; set it to 0.")
 
     def inpaint(params, rng, labels, x_known, mask):
         score_fn = score_fn_for(config, model, sde, params, labels=labels,
@@ -124,11 +155,12 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
 
 
 def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:
-    """Uniformly random class labels for conditional models, None otherwise."""
+    """Uniformly random class labels for conditional (or classifier-guided) sampling, None
+    otherwise."""
     if is_guided(config) and not config.model.conditional:
         raise ValueError("A text model samples from prompts: pass their encoding as labels "
                          "(diffjax.sampling.prompts).")
-    if not config.model.conditional:
+    if not uses_labels(config):
         return None
     return jax.random.randint(rng, (batch_size,), 0, config.data.num_classes, jnp.int32)
 
@@ -145,7 +177,7 @@ def draw_batch(config, generate, params, rng: jax.Array, batch_size: int,
     sample_rng, label_rng = jax.random.split(rng)
     if labels is None:
         labels = sample_labels(config, label_rng, batch_size)
-    elif not is_guided(config):
+    elif not is_guided(config) and not uses_labels(config):
         labels = None
     samples, nfe = generate(params, sample_rng, labels, *extra_inputs)
     # Each process holds only its devices' rows; tiled gathering rebuilds the global batch.
@@ -160,7 +192,7 @@ def draw_batch(config, generate, params, rng: jax.Array, batch_size: int,
 def requested_labels(config, num_samples: int) -> np.ndarray | None:
     """The labels `sampling.labels` asks for, or None (random labels / unconditional)."""
     spec = str(config.sampling.labels).strip()
-    if not config.model.conditional or not spec:
+    if not uses_labels(config) or not spec:
         return None
     if spec == "grid":
         return np.asarray(grid_labels(num_samples, config.data.num_classes), np.int32)

@@ -30,7 +30,7 @@ from diffjax.experiment import (Experiment, build_experiment, is_guided, load_fi
                                 open_checkpoints, restore_params)
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.latents.reader import check_first_stage
-from diffjax.sampling.generate import draw_batch, make_generate_fn
+from diffjax.sampling.generate import draw_batch, make_generate_fn, uses_labels
 from diffjax.storage import filesystem as fs, workdir as workdir_lib
 
 # Noise of --mode=sample and Run.sample; distinct from training grids (0x5A3) and eval (0x5A5).
@@ -38,12 +38,13 @@ SAMPLE_SALT = 0x5A4
 
 
 def refuse_unused_conditioning(config, *, labels: bool = True) -> None:
-    """Labels and guidance mean nothing to an unconditional model: a ValueError, not silence.
-    (`labels=False`: sampling.labels is not read, as in --mode=eval.)"""
+    """Labels and guidance mean nothing to an unconditional model: a ValueError, not silence
+    (labels do mean something under classifier guidance). (`labels=False`: sampling.labels is
+    not read, as in --mode=eval.)"""
     if config.model.conditional:
         return
     s = config.sampling
-    if labels and str(s.labels).strip():
+    if labels and str(s.labels).strip() and not uses_labels(config):
         raise ValueError(f"sampling.labels={s.labels!r} is set, but this model is unconditional "
                          f"(model.conditional=False); leave sampling.labels empty.")
     if float(s.guidance_scale) != 1.0 and not is_guided(config):  # text models are guided
@@ -142,9 +143,10 @@ class Run:
         if labels is None:
             return None
         classes = int(config.data.num_classes)
-        if not config.model.conditional:
-            raise ValueError("labels are for class-conditional runs; this one is unconditional "
-                             "(model.conditional=False): leave labels=None.")
+        if not uses_labels(config):
+            raise ValueError("labels are for class-conditional runs and classifier guidance; "
+                             "this one is unconditional (model.conditional=False): leave "
+                             "labels=None or set classifier_scale.")
         if isinstance(labels, str):
             if labels.strip() != "grid":
                 raise ValueError(f"labels={labels!r}: use 'grid', class ids or None.")

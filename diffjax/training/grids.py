@@ -9,7 +9,8 @@
 - `ControlNetGrid` (`model.controlnet`): the conditioning of the first `data.eval_split` images
   above the samples drawn for them, and the mean squared error between each conditioning and
   the same transform of its sample (`condition_mse`).
-Both run on every process (the work is sharded); process 0 writes the files.
+- A classifier (`--mode=train_classifier`) writes no images.
+Each runs on every process (the work is sharded); process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class SampleGrid:
         self.config, self.workdir, self.writer = config, workdir, writer
         self.count = int(config.training.num_sample_images)
         self.generate = make_generate_fn(config, experiment.model, experiment.sde,
-                                         experiment.mesh, self.count, decoder=decoder)
+                                         experiment.mesh, self.count, decoder=decoder,
+                                         allow_classifier=False)
         self.labels = grid_labels(self.count, config.data.num_classes) \
             if config.model.conditional else None
         if text_cache.is_text(config):
@@ -147,6 +149,8 @@ class ControlNetGrid:
 
 
 def grid_for(experiment: Experiment, workdir: str, writer, decoder=None):
+    if experiment.task == "classifier":  # nothing to show; its accuracy is logged
+        return lambda params, step: None
     if experiment.task == "autoencoder":
         return ReconstructionGrid(experiment, workdir, writer)
     if experiment.frozen is not None and experiment.frozen.kind == "controlnet":

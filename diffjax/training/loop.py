@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 from jax.sharding import Mesh
@@ -72,8 +73,9 @@ def raise_if_nonfinite(state: TrainState, last_saved: int | None) -> None:
 def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[str, Any]:
     """Trains (or resumes) and returns a summary: final step, loss, steps/s, paths, state.
 
-    `task` is "diffusion" (on pixels, or on latents when data.latent_dir is set) or
-    "autoencoder" (the first stage; `modes` passes `first_stage.autoencoder_training_config`).
+    `task` is "diffusion" (on pixels, or on latents when data.latent_dir is set),
+    "autoencoder" (the first stage; `modes` passes `first_stage.autoencoder_training_config`) or
+    "classifier" (`modes.train_classifier` passes its config).
     `devices` defaults to all devices; tests pass a subset to compare meshes in one process.
     """
     workdir = fs.absolute(workdir)
@@ -86,8 +88,10 @@ def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[s
         preemption.restore()
 
 
-def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str):
-    """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh."""
+def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str,
+                          teacher=None):
+    """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh
+    (a distillation student fresh from its teacher's EMA weights)."""
     config = experiment.config
     explain = workdir_lib.explain_differences(workdir, config)
     restored = checkpointer.restore_latest(experiment.spec, explain)
@@ -111,6 +115,14 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
                                                                                base)),
                         out_shardings=experiment.spec.shardings)
         state = start(state, frozen.params)
+    if teacher is not None:
+        from diffjax.training.teacher import initial_params
+
+        params = initial_params(state.params, teacher.params)
+        # Two buffers: the step donates the state, and one buffer cannot be donated twice.
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+        logging.info("The student starts from the teacher's EMA weights (step %d).",
+                     teacher.step)
     return state, None, 0
 
 
@@ -133,11 +145,18 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     checkpointer = Checkpointer(workdir, max_to_keep=t_cfg.max_checkpoints_to_keep,
                                 async_save=t_cfg.async_checkpointing, clear_partial_saves=True)
     context.callback(checkpointer.close)
-    state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir)
+    teacher = None
+    if task == "diffusion" and config.model.get("teacher", ""):
+        from diffjax.training.teacher import load_teacher
+
+        teacher = load_teacher(config, devices=list(mesh.devices.flat))
+    state, data_state, step = _resume_or_initialise(experiment, checkpointer, workdir, teacher)
     last_saved = step if data_state is not None else None
     if is_chief:
         workdir_lib.record_config(workdir, config)
-        name = "first stage (AutoencoderKL)" if task == "autoencoder" else config.model.name
+        name = {"autoencoder": "first stage (AutoencoderKL)",
+                "classifier": f"classifier ({config.classifier.name})"}.get(task,
+                                                                           config.model.name)
         if experiment.frozen is None:
             logging.info("Model %s with %s parameters; mesh %s.", name,
                          f"{count_params(state.params):,}", dict(mesh.shape))
@@ -172,15 +191,23 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
 
     batch_spec = batch_sharding(mesh)
     frozen = experiment.frozen
-    # A frozen base is one more (never donated) argument of the step: (state, batch, base).
-    frozen_args = () if frozen is None else (frozen.params,)
-    objective = objective_for(experiment)
+    objective = objective_for(experiment, teacher)
+    # Frozen arrays are arguments of the step (never donated), not constants: a frozen base
+    # (LoRA, ControlNet) and the objective's own (a distillation teacher's parameters), as
+    # train_step(state, batch, frozen, constants).
+    constants = getattr(objective, "constants", None)
+    step_args, step_shardings = (), ()
+    if frozen is not None or constants is not None:
+        step_args = (None if frozen is None else frozen.params,)
+        step_shardings = (None if frozen is None else frozen.shardings,)
+    if constants is not None:
+        step_args += (constants,)
+        step_shardings += (objective.constant_shardings,)
     train_step = jax.jit(
         make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
                         objective,
                         combine=frozen.combine if frozen is not None else None),
-        in_shardings=(experiment.spec.shardings, batch_spec) + (
-            () if frozen is None else (frozen.shardings,)),
+        in_shardings=(experiment.spec.shardings, batch_spec) + step_shardings,
         out_shardings=(experiment.spec.shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -194,7 +221,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     context.enter_context(experiment.activate())
     first_batch = next(loader)
     compile_start = time.perf_counter()
-    compiled_step = train_step.lower(state, first_batch, *frozen_args).compile()
+    compiled_step = train_step.lower(state, first_batch, *step_args).compile()
     compile_seconds = time.perf_counter() - compile_start
     throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled_step),
                             num_devices=mesh.size)
@@ -226,7 +253,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         while step < t_cfg.num_train_steps:
             if batch is None:
                 batch = next(loader)
-            state, metrics = compiled_step(state, batch, *frozen_args)
+            state, metrics = compiled_step(state, batch, *step_args)
             batch = None
             step += 1
             pending_metrics.append(metrics)

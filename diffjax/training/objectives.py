@@ -13,6 +13,16 @@ in, which derives from (seed, step): resume stays bit-exact.
   `training.caption_dropout` (classifier-free guidance), both in-graph from the step's rng.
 - `AutoencoderObjective`: images in [-1, 1] (no dequantisation noise, as LDM), optional flips; the
   loss is LDM's reconstruction + KL (`latents.autoencoder_loss`).
+- `ConsistencyObjective` (`training.objective="consistency"`): sCM's continuous-time consistency
+  training, or distillation from `model.teacher` (`diffusion.consistency`); a JVP per step.
+- `MeanFlowObjective` (`training.objective="meanflow"`): MeanFlow (`diffusion.meanflow`); a JVP
+  per step, label dropout and trained-in guidance for conditional models.
+- `ClassifierObjective` (`--mode=train_classifier`): cross-entropy of a noise-conditional
+  classifier on x_t (`diffusion.classifier_guidance`).
+
+Objectives that need the step (sCM's tangent warm-up) or frozen arrays (a teacher's parameters)
+set `takes_context = True` and get `context={"step": ..., "constants": ...}`; the constants are
+an argument of the compiled step (`constants`, with `constant_shardings`), never folded into it.
 """
 
 from __future__ import annotations
@@ -24,9 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.data.pixels import to_model_range
-from diffjax.diffusion import losses
+from diffjax.diffusion import classifier_guidance, consistency, losses, meanflow
 from diffjax.diffusion.guidance import drop_to_null
-from diffjax.experiment import Experiment, null_condition, score_fn_for
+from diffjax.experiment import Experiment, network, null_condition, score_fn_for
 from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent
 
@@ -111,6 +121,93 @@ class DiffusionObjective:
         return jnp.mean(per_example), {}
 
 
+class ConsistencyObjective(DiffusionObjective):
+    """sCT, or sCD when a teacher is given (its EMA parameters are `constants`)."""
+
+    takes_context = True
+
+    def __init__(self, config, model: nn.Module, sde, teacher=None):
+        super().__init__(config, model, sde)
+        self.teacher = teacher
+        self.constants = None if teacher is None else teacher.params
+        self.constant_shardings = None if teacher is None else teacher.shardings
+
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array, context=None
+             ) -> tuple[jax.Array, Metrics]:
+        config, c = self.config, self.config.training.consistency
+        context = context or {}
+        dropout_rng, loss_rng = jax.random.split(rng)
+        labels = inputs.get("labels")
+        model_fn = score_fn_for(config, self.model, self.sde, params, labels=labels, train=True,
+                                dropout_rng=dropout_rng)
+        teacher_fn = None
+        if self.teacher is not None:
+            t = self.teacher
+            teacher_params = context.get("constants", t.params)
+            teacher_fn = score_fn_for(t.config, t.experiment.model, t.experiment.sde,
+                                      teacher_params, train=False,
+                                      labels=labels if t.config.model.conditional else None)
+        sigma_data = float(config.model.sigma_data)
+        def log_variance(t_hat):
+            return self.model.apply({"params": params},
+                                    consistency.edm_noise_level(t_hat, sigma_data),
+                                    method="log_variance")
+        terms = consistency.consistency_loss(
+            loss_rng, model_fn, inputs["x0"], sigma_data=sigma_data, teacher=teacher_fn,
+            log_variance=log_variance if c.adaptive_weighting else None,
+            step=context.get("step", 0),
+            tangent_warmup_steps=int(c.tangent_warmup_steps),
+            tangent_norm_c=float(c.tangent_norm_c), prior_weighting=bool(c.prior_weighting),
+            log_normal=(config.training.P_mean, config.training.P_std),
+            eps=config.training.eps)
+        return jnp.mean(terms.loss), {"consistency_error": jnp.mean(terms.squared_error),
+                                      "tangent_norm": jnp.mean(terms.tangent_norm)}
+
+
+class MeanFlowObjective(DiffusionObjective):
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
+             ) -> tuple[jax.Array, Metrics]:
+        config, m = self.config, self.config.training.meanflow
+        dropout_rng, loss_rng = jax.random.split(rng)
+
+        def model_for(labels, train):
+            return score_fn_for(config, self.model, self.sde, params, labels=labels, train=train,
+                                dropout_rng=dropout_rng if train else None)
+
+        terms = meanflow.meanflow_training_loss(
+            loss_rng, model_for, self.sde, inputs["x0"], inputs.get("labels"),
+            null_label=int(config.data.num_classes), label_dropout=config.model.label_dropout,
+            ratio=float(m.ratio),
+            logit_normal=(config.training.logit_normal_mean, config.training.logit_normal_std),
+            norm_p=float(m.norm_p), norm_eps=float(m.norm_eps), omega=float(m.omega),
+            kappa=float(m.kappa), guidance_interval=(m.guidance_t_start, m.guidance_t_end))
+        return jnp.mean(terms.loss), {"meanflow_error": jnp.mean(terms.squared_error),
+                                      "velocity_error": jnp.mean(terms.velocity_error)}
+
+
+class ClassifierObjective(DiffusionObjective):
+    def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+        d = self.config.data
+        x0 = to_model_range(batch["image"], rng, centered=d.centered, dequantize=d.dequantize,
+                            random_flip=d.random_flip)
+        return {"x0": x0, "labels": batch["label"]}
+
+    def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array
+             ) -> tuple[jax.Array, Metrics]:
+        dropout_rng, loss_rng = jax.random.split(rng)
+        net = network(self.model, params, train=True, dropout_rng=dropout_rng)
+        nll, correct = classifier_guidance.classifier_loss(
+            loss_rng, lambda x_in, cond: net(x_in, cond, None), self.sde, inputs["x0"],
+            inputs["labels"], sigma_data=float(self.config.model.sigma_data),
+            eps=self.config.training.eps, time_sampling=self.options["time_sampling"],
+            logit_normal=self.options["logit_normal"], log_normal=self.options["log_normal"])
+        return jnp.mean(nll), {"accuracy": jnp.mean(correct)}
+
+
+OBJECTIVES = {"diffusion": DiffusionObjective, "consistency": ConsistencyObjective,
+              "meanflow": MeanFlowObjective}
+
+
 class AutoencoderObjective:
     def __init__(self, config, module: nn.Module):
         self.config, self.module = config, module
@@ -142,9 +239,26 @@ class ControlNetObjective(DiffusionObjective):
         return {"x0": inputs["x0"], "labels": {"labels": inputs.get("labels"), "cond": cond}}
 
 
-def objective_for(experiment: Experiment) -> Objective:
+def objective_for(experiment: Experiment, teacher=None) -> Objective:
+    """The objective of the experiment's task and `training.objective`; `teacher` is a
+    `training.teacher.Teacher` for distillation."""
+    config = experiment.config
     if experiment.task == "autoencoder":
-        return AutoencoderObjective(experiment.config, experiment.model)
+        return AutoencoderObjective(config, experiment.model)
+    if experiment.task == "classifier":
+        return ClassifierObjective(config, experiment.model, experiment.sde)
+    name = config.training.get("objective", "diffusion")
+    if name not in OBJECTIVES:
+        raise ValueError(f"Unknown training.objective={name!r}; choose one of "
+                         f"{sorted(OBJECTIVES)}.")
     if experiment.frozen is not None and experiment.frozen.kind == "controlnet":
-        return ControlNetObjective(experiment.config, experiment.model, experiment.sde)
-    return DiffusionObjective(experiment.config, experiment.model, experiment.sde)
+        if name != "diffusion" or teacher is not None:
+            raise ValueError(f"A ControlNet trains with training.objective='diffusion' and no "
+                             f"model.teacher (got {name!r}).")
+        return ControlNetObjective(config, experiment.model, experiment.sde)
+    if name == "consistency":
+        return ConsistencyObjective(config, experiment.model, experiment.sde, teacher)
+    if teacher is not None:
+        raise ValueError(f"model.teacher is set, but training.objective={name!r} does not "
+                         f"distil; use training.objective=consistency.")
+    return OBJECTIVES[name](config, experiment.model, experiment.sde)

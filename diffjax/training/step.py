@@ -8,6 +8,7 @@ A step whose loss or gradient is not finite leaves the state untouched and recor
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -47,14 +48,16 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
     base_key = jax.random.key(config.seed)
     objective = objective or DiffusionObjective(config, model, sde)
 
-    def gradients(params, inputs, rng, frozen):
+    def gradients(params, inputs, rng, frozen, context):
         """Mean loss, metrics and gradient over the global batch, in `microbatches` passes."""
         k = t.microbatches
+        objective_loss = functools.partial(objective.loss, context=context) \
+            if getattr(objective, "takes_context", False) else objective.loss
         if combine is None:
-            loss_fn = objective.loss
+            loss_fn = objective_loss
         else:
             def loss_fn(trained, inputs, rng):
-                return objective.loss(combine(frozen, trained), inputs, rng)
+                return objective_loss(combine(frozen, trained), inputs, rng)
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         if k == 1:
             (loss, metrics), grad = value_and_grad(params, inputs, rng)
@@ -78,11 +81,14 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                                 (jnp.arange(k), jax.tree.map(split, inputs)))
         return jax.tree.map(lambda v: v / k, total)
 
-    def train_step(state: TrainState, batch: dict, frozen=None) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, frozen=None,
+                   constants=None) -> tuple[TrainState, dict]:
+        """`constants`: the objective's frozen arrays (a distillation teacher's parameters)."""
         rng = jax.random.fold_in(base_key, state.step)
         data_rng, loss_rng = jax.random.split(rng)
         inputs = objective.prepare(batch, data_rng)
-        loss, metrics, grad = gradients(state.params, inputs, loss_rng, frozen)
+        loss, metrics, grad = gradients(state.params, inputs, loss_rng, frozen,
+                                        {"step": state.step, "constants": constants})
         updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(t, state.step)

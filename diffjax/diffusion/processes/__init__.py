@@ -11,6 +11,7 @@ section whose names match the process's dataclass fields configure it.
     ddpm     discrete DDPM, N steps (Ho et al., DiT)      the integer step n
     flow     rectified flow / flow matching (SiT, SD3)    1 - t (SiT's time)
     edm      sigma(t) = t (Karras et al.)                 ln(sigma) / 4 (EDM's c_noise)
+    trigflow cos(t) x0 + sin(t) z (sCM, Lu & Song)        t (sCM's c_noise)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffjax.diffusion.processes.ddpm import DiscreteDDPM
 from diffjax.diffusion.processes.edm import EDMProcess
 from diffjax.diffusion.processes.flow import RectifiedFlow
 from diffjax.diffusion.processes.subvp import SubVPSDE
+from diffjax.diffusion.processes.trigflow import TrigFlow
 from diffjax.diffusion.processes.ve import VESDE
 from diffjax.diffusion.processes.vp import VPSDE
 
@@ -35,6 +37,7 @@ PROCESSES: dict[str, type[LinearProcess]] = {
     "ddpm": DiscreteDDPM,
     "flow": RectifiedFlow,
     "edm": EDMProcess,
+    "trigflow": TrigFlow,
 }
 
 
@@ -61,6 +64,6 @@ def get_process(sde_config) -> LinearProcess:
 
 __all__ = [
     "PROCESSES", "CosineVP", "DiscreteDDPM", "EDMProcess", "LinearProcess", "LinearSDE",
-    "RectifiedFlow", "SubVPSDE", "VESDE", "VPSDE", "as_time", "broadcast_to_data", "float_dtype",
-    "get_process",
+    "RectifiedFlow", "SubVPSDE", "TrigFlow", "VESDE", "VPSDE", "as_time", "broadcast_to_data",
+    "float_dtype", "get_process",
 ]
