@@ -9,6 +9,8 @@ Modes:
   eval            FID/KID of checkpoints (resumable; sweeps over sampler settings)
   fid_stats       reference Inception statistics of eval.reference_split
   likelihood      bits/dim of eval.likelihood_split through the probability-flow ODE
+  compile         compile the train step (or sampler) for a TPU topology on this host
+                  (--config.compile.topology=v5p-256): memory per chip, FLOPs, collectives
 
 Any config field can be overridden, e.g. --config.optim.lr=1e-4. Configs are locked: an unknown
 key, a wrong type or an invalid value ends with one line that names it. Examples:

@@ -14,7 +14,7 @@ from diffjax.config.schema import base_config
 from diffjax.models import build_model
 
 SECTION_ORDER = ["data", "model", "autoencoder", "sde", "training", "optim", "sampling", "eval",
-                 "mesh"]
+                 "mesh", "compile"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit"],
     "cifar10_ddpmpp_vp.py": [None, "deep"],

@@ -64,6 +64,12 @@ def _likelihood(config, workdir: str) -> dict[str, Any]:
     return evaluate_likelihood(config, workdir)
 
 
+def _compile(config, workdir: str) -> dict[str, Any]:
+    from diffjax.modes.compile import compile_mode
+
+    return compile_mode(config, workdir)
+
+
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
     "train_autoencoder": _train_autoencoder,
@@ -72,6 +78,7 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
     "eval": _eval,
     "sample": _sample,
     "likelihood": _likelihood,
+    "compile": _compile,
 }
 
 

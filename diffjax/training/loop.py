@@ -25,7 +25,7 @@ from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
-from diffjax.parallel.sharding import batch_sharding, replicated
+from diffjax.parallel.sharding import batch_sharding
 from diffjax.runtime.preemption import PreemptionWatcher
 from diffjax.state.optimizer import learning_rate_schedule
 from diffjax.state.train_state import TrainState, count_params, create_state, state_bytes
@@ -33,9 +33,8 @@ from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 from diffjax.storage.workdir_lock import lock_for_job, lock_held, release_job_lock
 from diffjax.training.grids import grid_for
-from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
-from diffjax.training.step import make_train_step
+from diffjax.training.step import jit_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
 
 
@@ -150,14 +149,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     writer = create_writer(workdir, config, is_chief=is_chief)
     context.callback(writer.close)
 
-    batch_spec = batch_sharding(mesh)
-    train_step = jax.jit(
-        make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                        objective_for(experiment)),
-        in_shardings=(experiment.spec.shardings, batch_spec),
-        out_shardings=(experiment.spec.shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(experiment)
     decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
     write_grid = grid_for(experiment, workdir, writer, decoder)
     # The mesh and rules must be active whenever a network is traced (activation constraints).

@@ -1,4 +1,6 @@
-"""The pure train step `(state, batch) -> (state, metrics)`, for any objective (`objectives.py`).
+"""The pure train step `(state, batch) -> (state, metrics)`, for any objective (`objectives.py`),
+and `jit_train_step`, the one sharded, jitted form of it that training runs and `--mode=compile`
+compiles for a TPU topology (with `abstract_batch`, the shapes of a global batch).
 
 Randomness of step s comes from fold_in(key(seed), s) only, so a run is a pure function of the
 config and the seed, whatever the mesh (threefry is partitionable: sharded draws equal unsharded).
@@ -16,8 +18,11 @@ import jax.numpy as jnp
 import optax
 
 from diffjax.diffusion.processes import LinearSDE
+from diffjax.experiment import Experiment
+from diffjax.latents.latent_mode import is_latent, model_input_shape
+from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.state.train_state import TrainState
-from diffjax.training.objectives import DiffusionObjective, Objective
+from diffjax.training.objectives import DiffusionObjective, Objective, objective_for
 
 
 def ema_decay(training_config, step: jax.Array) -> jax.Array:
@@ -95,3 +100,38 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
         return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics}
 
     return train_step
+
+
+def jit_train_step(experiment: Experiment) -> Callable:
+    """The train step of `experiment` as training runs it: jitted with the state's shardings in
+    and out, the batch split over the data axes, the incoming state donated.
+
+    The training loop calls it with real arrays; `--mode=compile` lowers the same function with
+    `experiment.spec.abstract` and `abstract_batch` for a TPU topology, so what it reports is
+    what a launch would run.
+    """
+    mesh = experiment.mesh
+    step = make_train_step(experiment.config, experiment.model, experiment.sde,
+                           experiment.optimizer, objective_for(experiment))
+    return jax.jit(step, in_shardings=(experiment.spec.shardings, batch_sharding(mesh)),
+                   out_shardings=(experiment.spec.shardings, replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def abstract_batch(experiment: Experiment) -> dict[str, jax.ShapeDtypeStruct]:
+    """One global training batch as the loader yields it (shapes, dtypes, batch sharding):
+    {"image" uint8, "label"} of pixels, or {"mean", "std" (storage dtype), "label"} of latents."""
+    config = experiment.config
+    d, b = config.data, config.training.batch_size
+    sharding = batch_sharding(experiment.mesh)
+
+    def array(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
+
+    batch = {"label": array((b,), jnp.int32)}
+    if is_latent(config) and experiment.task == "diffusion":
+        latent = array((b, *model_input_shape(config)), d.latent_dtype)
+        batch.update(mean=latent, std=latent)
+    else:
+        batch["image"] = array((b, d.image_size, d.image_size, d.num_channels), jnp.uint8)
+    return batch
