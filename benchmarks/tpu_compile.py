@@ -5,9 +5,9 @@ devices, the real mesh and train step; no parameter allocated) gives per chip, a
 global batch, for three plans: DP (data parallel, no remat), FSDP (all chips), FSDP+remat:
   - HBM: the state (parameters, EMA, Adam moments) and the total XLA's memory analysis needs;
   - the largest global batch that fits with FSDP+remat (the least memory per example), searched
-    over compiles in steps of the chip count: a line through two compiles (the published batch
-    and twice it) predicts it, the next compile checks the prediction, bisection narrows what is
-    left; at most --search_compiles compiles beyond the published batch;
+    over compiles in steps of the chip count: the published batch's compile predicts it (its
+    temporaries scaled with the batch), the next compile checks the prediction, later ones fit a
+    line or bisect; at most --search_compiles compiles beyond the published batch;
   - the step time of the first plan that fits (DP, then FSDP, then FSDP+remat): XLA's cost-model
     ESTIMATE ("optimal_seconds") where it is positive, else a roofline bound (max of FLOPs / peak
     and bytes accessed / HBM bandwidth, collectives left out), and the MFU it implies with the
@@ -113,8 +113,11 @@ def compiled(results, key, spec, target, batch, name) -> dict:
 def largest_batch(results, key, spec, target, published: int, compiles: int
                   ) -> tuple[int, int | None, int]:
     """(largest global batch that fitted, smallest that did not or None, extra compiles) with
-    remat and FSDP, in multiples of the chip count: a line through two compiles predicts it,
-    the next compile checks the prediction, and bisection narrows what is left."""
+    FSDP+remat, in multiples of the chip count. One compile predicts the largest batch by taking
+    the temporaries as proportional to the batch and the rest (state, code) as fixed (which
+    underestimates it: some temporaries, such as gathered weights, do not grow with the batch);
+    two or more by the line through the last two that fitted; a prediction that does not fit
+    is halved towards the largest that did."""
     step = target.num_chips
     lo, hi, fitted = 0, None, []
 
@@ -122,24 +125,24 @@ def largest_batch(results, key, spec, target, published: int, compiles: int
         nonlocal lo, hi
         if report["fits"]:
             lo = max(lo, batch)
-            fitted.append((batch, report["memory_per_chip"]["total"] / GIB,
-                           report["memory_per_chip"]["capacity"] / GIB))
+            m = report["memory_per_chip"]
+            fitted.append((batch, m["total"] / GIB, m["temporaries"] / GIB, m["capacity"] / GIB))
         else:
             hi = batch if hi is None else min(hi, batch)
 
     record(published, compiled(results, key, spec, target, published, "FSDP+remat"))
     used = 0
     while used < compiles and not (hi is not None and hi - lo <= step):
-        if len(fitted) >= 2 and hi is None:
-            (b0, m0, cap), (b1, m1, _) = sorted(fitted)[-2:]
+        if hi is None and len(fitted) >= 2:
+            (b0, m0, _, cap), (b1, m1, _, _) = sorted(fitted)[-2:]
             slope = (m1 - m0) / (b1 - b0)
-            batch = int(b1 + (cap - m1) / slope) // step * step if slope > 0 else 2 * b1
+            batch = int(b1 + (cap - m1) / slope) if slope > 0 else 2 * b1
         elif hi is None:
-            batch = 2 * lo if lo else published // 2 // step * step
-        elif lo:
-            batch = (lo + hi) // 2 // step * step
+            b0, m0, t0, cap = fitted[0]
+            batch = int(b0 * (cap - (m0 - t0)) / t0) if t0 > 0 else 2 * b0
         else:
-            batch = hi // 2 // step * step
+            batch = (lo + hi) // 2 if lo else hi // 2
+        batch = batch // step * step
         batch = max(batch, lo + step) if hi is None else min(max(batch, lo + step), hi - step)
         if batch < step or (hi is not None and batch >= hi):
             break
@@ -149,6 +152,8 @@ def largest_batch(results, key, spec, target, published: int, compiles: int
 
 
 def state_gib(report) -> str:
+    if not report:
+        return "n/c"
     if not report.get("fits"):
         return "-"
     m = report["memory_per_chip"]
@@ -156,6 +161,8 @@ def state_gib(report) -> str:
 
 
 def total_gib(report) -> str:
+    if not report:
+        return "n/c"
     if not report.get("fits"):
         need = re.search(r"needs ([\d.]+) GiB", report.get("error", ""))
         return f"OOM ({need.group(1)})" if need else "OOM"
@@ -202,8 +209,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
-    parser.add_argument("--search_compiles", type=int, default=2,
+    parser.add_argument("--search_compiles", type=int, default=0,
                         help="compiles spent on the largest batch per model and slice")
+    parser.add_argument("--table_only", action="store_true",
+                        help="print the table from --results without compiling (n/c: missing)")
     parser.add_argument("--results", default=os.path.join(REPO, "workdirs", "tpu_compile.json"),
                         help="reports of every compile (a rerun compiles only what is missing)")
     args = parser.parse_args()
@@ -221,38 +230,50 @@ def main():
     cells = [(key, name) for name in args.topologies.split(",")
              for key in args.models.split(",")]
     targets = {name: compile_target(name) for name in args.topologies.split(",")}
-    table = {cell: {} for cell in cells}
-    # Variant by variant over every cell, so that an interrupted run has the most useful rows.
-    for name in VARIANTS:
-        for key, topology in cells:
-            title, spec, batch = MODELS[key]
-            print(f"{title} on {targets[topology].describe()}", file=sys.stderr, flush=True)
-            table[(key, topology)][name] = compiled(results, key, spec, targets[topology],
-                                                    batch, name)
-    searches = {}
-    for key, topology in cells:
+    # Over every cell in turn, the most useful compiles first (one takes 5-30 minutes on 2 busy
+    # cores): the two ends (DP, FSDP+remat), then the largest batch, then FSDP alone.
+    # (A DDPM++ deep compile for a TPU took over 45 minutes and 6 GB of RAM here.)
+    order = [(stage, key, topology) for key in args.models.split(",")
+             for stage in ("DP", "FSDP+remat") for topology in args.topologies.split(",")]
+    order += [(stage, key, topology) for stage in ("search", "FSDP") for key, topology in cells]
+    for stage, key, topology in [] if args.table_only else order:
         title, spec, batch = MODELS[key]
-        searches[(key, topology)] = largest_batch(results, key, spec, targets[topology], batch,
-                                                  args.search_compiles)
+        print(f"{title} on {targets[topology].describe()}", file=sys.stderr, flush=True)
+        if stage == "search":
+            largest_batch(results, key, spec, targets[topology], batch, args.search_compiles)
+        else:
+            compiled(results, key, spec, targets[topology], batch, stage)
     rows = []
     for key, topology in cells:
         title, spec, batch = MODELS[key]
-        target, reports = targets[topology], table[(key, topology)]
+        target = targets[topology]
+        reports = {name: results.data.get(f"{key}|{topology}|{name}|{batch}", {})
+                   for name in VARIANTS}
         chips = target.num_chips
-        lo, hi, used = searches[(key, topology)]
-        search = (f"{lo // chips} ({lo})" if lo else "none") + \
-            (f", {hi // chips} ({hi}) does not" if hi else " (larger not compiled)")
+        tried = [(int(k.rsplit("|", 1)[1]), v["fits"]) for k, v in results.data.items()
+                 if k.startswith(f"{key}|{topology}|FSDP+remat|")]
+        lo = max((b for b, fits in tried if fits), default=0)
+        hi = min((b for b, fits in tried if not fits and b > lo), default=None)
+        search = (f"{lo // chips} ({lo}) fits" if lo else "none fits") + \
+            (f", {hi // chips} ({hi}) does not" if hi else "")
+        remat = reports["FSDP+remat"]
+        if remat.get("fits"):  # the temporaries scaled with the batch, the rest fixed
+            m = remat["memory_per_chip"]
+            fixed = m["total"] - m["temporaries"]
+            predicted = int(batch * (m["capacity"] - fixed) / m["temporaries"]) // chips * chips
+            search += f"; predicted {predicted // chips} ({predicted})"
         step_time, mfu = estimate_text(reports, target.chip.peak_bf16_flops)
         best = next((reports[n] for n in VARIANTS if reports[n].get("fits")), {})
         rows.append(
             f"| {title} | {topology} | {batch} | {state_gib(reports['DP'])} / "
-            f"{state_gib(reports['FSDP'])} | {total_gib(reports['DP'])} / "
+            f"{state_gib(reports['FSDP+remat'])} | {total_gib(reports['DP'])} / "
             f"{total_gib(reports['FSDP'])} / {total_gib(reports['FSDP+remat'])} | "
             f"{target.chip.usable_hbm_gib:.2f} | {search} | {step_time} | {mfu} | "
             f"{collective_text(best)} |")
     header = [
         "| model | slice | batch | state GiB/chip (DP / FSDP) | total GiB/chip (DP / FSDP / "
-        "FSDP+remat) | HBM GiB | largest batch per chip (global) with FSDP+remat | "
+        "FSDP+remat) | HBM GiB | batch per chip (global) with FSDP+remat: compiled, and predicted "
+        "from the published batch's temporaries | "
         "est. step | est. MFU | collectives per step, per chip (count / bytes) |",
         "|---|---|---:|---|---|---:|---|---|---:|---|"]
     print("\n".join(header + rows))
