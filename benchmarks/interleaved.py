@@ -20,7 +20,7 @@ from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIFFJAX_PYTHON = sys.executable
-TORCH_PYTHON = os.environ.get("TORCH_PYTHON", "/work/toolsenv/bin/python")
+TORCH_PYTHON = os.environ.get("TORCH_PYTHON", "toolsenv/bin/python")
 
 
 def run_worker(command: list[str], *, cores: int | None = None, env: dict | None = None,

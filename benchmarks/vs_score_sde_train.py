@@ -6,7 +6,7 @@ tools/torch_reference_bench.py). Prints steps/s, peak RSS and the ratios.
 
     .venv/bin/python benchmarks/vs_score_sde_train.py                 # ~10 min on 2 cores
     .venv/bin/python benchmarks/vs_score_sde_train.py --cores=1       # single-core figures
-Needs the score_sde_pytorch checkout and /work/toolsenv (tools/torch_reference_bench.py says how).
+Needs the score_sde_pytorch checkout and `make toolsenv` (tools/torch_reference_bench.py says how).
 """
 
 import argparse

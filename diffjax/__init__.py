@@ -5,7 +5,9 @@ From a notebook:
     import diffjax
     config = diffjax.load_config("configs/digits.py:test", {"training.num_train_steps": 20})
     diffjax.train(config, "workdirs/nb")                 # what --mode=train runs
-    diffjax.run_mode(config, "workdirs/nb", "eval")      # any --mode by name
+    run = diffjax.load("workdirs/nb")                    # its own config, EMA weights
+    images = run.sample(16, seed=0)                      # uint8 [16, H, W, C]
+    diffjax.run_mode(None, "workdirs/nb", "eval")        # any --mode (None: the run's config)
 
 The layout (`ls diffjax/`), each folder one concept, imports running one way (tests/test_layout.py):
 
@@ -34,6 +36,7 @@ ENTRY_POINTS = {
     "train": "diffjax.training.loop:train",
     "run_mode": "diffjax.modes:run",
     "build_experiment": "diffjax.experiment:build_experiment",
+    "load": "diffjax.sampling.run:load",
 }
 
 __all__ = sorted(ENTRY_POINTS)

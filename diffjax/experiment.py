@@ -8,6 +8,11 @@ network's output means.
 A network is `net(x_in, noise_cond, labels)`; `network()` binds a module to its parameters and
 `score_fn_for()` turns that into the model function (a score function that also gives x0/eps
 predictions) every sampler and loss takes.
+
+`labels` is the conditioning pytree: None (unconditional), int32 class ids [B]
+(`model.conditional`), or for text models (`data.text_encoder`) the cached text encoder
+outputs {"states": [B, L, D] float32, "mask": [B, L] int32, "pooled": [B, P] float32}.
+`null_condition` is what classifier-free guidance and caption dropout put in its place.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from diffjax import latents
 from diffjax.diffusion.guidance import CONDITIONAL, classifier_free_guidance
 from diffjax.diffusion.parameterization import ModelFn, get_parameterization, make_score_fn
 from diffjax.diffusion.processes import LinearSDE, get_process
+from diffjax.latents import text_cache
 from diffjax.latents.first_stage import is_diffjax_run
 from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config,
                                          model_input_shape)
@@ -33,7 +39,7 @@ from diffjax.parallel.mesh import create_mesh
 from diffjax.parallel.sharding import rules_from_config
 from diffjax.state.optimizer import make_optimizer
 from diffjax.state.train_state import ShardedStateSpec, state_spec
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 
 
@@ -72,8 +78,34 @@ def example_input(config, task: str = "diffusion") -> tuple:
         d = config.data
         return (jnp.zeros((1, d.image_size, d.image_size, d.num_channels), jnp.float32),)
     x = jnp.zeros((1, *model_input_shape(config)), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32) if config.model.conditional else None
-    return x, jnp.zeros((1,), jnp.float32), labels
+    return x, jnp.zeros((1,), jnp.float32), example_condition(config, 1)
+
+
+def is_guided(config) -> bool:
+    """The model takes a condition, so classifier-free guidance applies: classes or text."""
+    return bool(config.model.conditional) or text_cache.is_text(config)
+
+
+def example_condition(config, batch: int, abstract: bool = False):
+    """A batch of the config's conditioning (zeros; ShapeDtypeStructs when `abstract`), or None."""
+    if text_cache.is_text(config):
+        length, width, pooled = text_cache.conditioning_shapes(config)
+        shapes = {"states": ((batch, length, width), jnp.float32),
+                  "mask": ((batch, length), jnp.int32), "pooled": ((batch, pooled), jnp.float32)}
+    elif config.model.conditional:
+        shapes = {"labels": ((batch,), jnp.int32)}
+    else:
+        return None
+    made = {k: jax.ShapeDtypeStruct(*v) if abstract else jnp.zeros(*v) for k, v in shapes.items()}
+    return made["labels"] if "labels" in made else made
+
+
+def null_condition(config):
+    """The null of classifier-free guidance for one example: the null class id, or the null
+    caption's encoding stored by encode_latents (text_cache.null_conditioning)."""
+    if text_cache.is_text(config):
+        return {k: jnp.asarray(v) for k, v in text_cache.null_conditioning(config).items()}
+    return config.data.num_classes
 
 
 def build_experiment(config, devices=None, task: str = "diffusion") -> Experiment:
@@ -110,11 +142,11 @@ def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=Non
     """
     net = network(model, params, train=train, dropout_rng=dropout_rng)
     m = config.model
-    learned_variance = bool(m.name == "dit" and m.dit.learn_sigma)
+    learned_variance = bool(m.name in ("dit", "pixart") and m.dit.learn_sigma)
     if guidance_scale != CONDITIONAL and labels is not None:
         channels = int(config.sampling.get("guidance_channels", 0) or 0) or \
             (model_input_shape(config)[-1] if learned_variance else None)
-        net = classifier_free_guidance(net, guidance_scale, null_label=config.data.num_classes,
+        net = classifier_free_guidance(net, guidance_scale, null=null_condition(config),
                                        guided_channels=channels)
     scaled = m.scale_input or get_parameterization(m.parameterization).always_scale_input
     return make_score_fn(
@@ -136,6 +168,10 @@ def open_checkpoints(workdir: str) -> Checkpointer:
 def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int,
                    use_ema: bool):
     """The EMA (or raw) parameters of checkpoint `step`, sharded as in training."""
+    # Other shapes are named in one line (parameter and config keys), as when training resumes,
+    # instead of Orbax's advice about `strict`.
+    checkpointer.check_matches(experiment.spec, step, workdir_lib.explain_differences(
+        checkpointer.workdir, experiment.config))
     # The whole state is restored (optimizer moments too): it is what the spec describes, and
     # one restore per evaluated checkpoint is cheap next to sampling.
     state, _ = checkpointer.restore(experiment.spec, step)
@@ -165,6 +201,13 @@ def _load_diffjax_run(config, run: str, mesh):
         if step is None:
             raise FileNotFoundError(f"The first-stage run {run} has no checkpoint; train it "
                                     f"with --mode=train_autoencoder.")
+        # A run of another network (a diffusion workdir) is one line, not Orbax's listing of
+        # both trees.
+        explain = workdir_lib.explain_differences(run, ae_config)
+        checkpointer.check_matches(experiment.spec, step, lambda: (
+            f"{explain()} autoencoder.pretrained={run} must be a first-stage run "
+            f"(--mode=train_autoencoder writes WORKDIR/{AUTOENCODER_SUBDIR}) or a diffusers "
+            f"AutoencoderKL folder."))
         state, _ = checkpointer.restore(experiment.spec, step)
     finally:
         checkpointer.close()

@@ -4,21 +4,20 @@ Usage:
   python -m diffjax.main --config=CONFIG_FILE[:ARG] --workdir=DIR [--mode=MODE] [--config.a.b=V ...]
 
 Modes:
-  train           train, or resume from the newest checkpoint in DIR (default)
-  sample          images of a checkpoint: a PNG grid, an .npz, optionally one PNG per image
-  eval            FID/KID of checkpoints (resumable; sweeps over sampler settings)
-  fid_stats       reference Inception statistics of eval.reference_split
-  likelihood      bits/dim of eval.likelihood_split through the probability-flow ODE
-  compile         compile the train step (or sampler) for a TPU topology on this host
-                  (--config.compile.topology=v5p-256): memory per chip, FLOPs, collectives
+{modes}
 
 Any config field can be overridden, e.g. --config.optim.lr=1e-4. Configs are locked: an unknown
-key, a wrong type or an invalid value ends with one line that names it. Examples:
+key, a wrong type or an invalid value ends with one line that names it. Without --config, the
+modes that read a trained run ({reads_a_run}) take its DIR/config.json; overrides apply.
+Examples:
   python -m diffjax.main --config=configs/digits.py --workdir=workdirs/digits
   python -m diffjax.main --config=configs/digits.py --workdir=workdirs/digits --mode=eval
+  python -m diffjax.main --workdir=workdirs/digits --mode=sample --config.sampling.num_steps=50
 """
 
 import os
+import re
+import sys
 
 # Before TensorFlow (imported by the data pipeline) loads: its C++ start-up banners (oneDNN, absl
 # preamble) are noise in a training log. TensorFlow only reads data and writes summaries here, so
@@ -32,12 +31,16 @@ from diffjax.runtime import preemption  # noqa: E402  (imports nothing heavy)
 # remembered, and training stops cleanly at its first chance instead of dying with -15.
 preemption.install()
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffjax import modes  # noqa: E402
-from diffjax.config import unknown_config_key  # noqa: E402
+from diffjax.config import recorded, unknown_config_key  # noqa: E402
 from diffjax.runtime import cli  # noqa: E402
+from diffjax.storage import filesystem as fs  # noqa: E402
+
+# The mode list comes from the registry, so --help names every mode.
+__doc__ = __doc__.format(modes=modes.summaries(), reads_a_run=", ".join(modes.READS_A_RUN))
 
 
 def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
@@ -63,9 +66,38 @@ def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
 FLAGS = define_flags(flags.FLAGS)
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of --name=V or --name V in `argv` (the last one wins, as in absl)."""
+    value = None
+    for index, arg in enumerate(argv):
+        match = re.fullmatch(rf"--?{name}(=(.*))?", arg)
+        if match and match.group(1) is not None:
+            value = match.group(2)
+        elif match and index + 1 < len(argv):
+            value = argv[index + 1]
+    return value
+
+
+def with_recorded_config(argv: list[str]) -> list[str]:
+    """`argv`, plus --config=<the run's config.json> when a mode that reads a trained run gets a
+    --workdir and no --config (ml_collections then parses the --config.a.b=V overrides)."""
+    if any(arg in cli.HELP_FLAGS for arg in argv) or \
+            any(re.match(r"--?config(=|$)", arg) for arg in argv):
+        return argv
+    mode, workdir = _flag_value(argv, "mode") or "train", _flag_value(argv, "workdir")
+    if mode not in modes.READS_A_RUN or not workdir:
+        return argv
+    if not fs.exists(recorded.record_path(workdir)):
+        cli.usage_error(f"--mode={mode} without --config reads the run's own config, but "
+                        f"{recorded.record_path(workdir)} does not exist; pass --config=FILE"
+                        f"[:ARG] or the --workdir of a training run.")
+    return [argv[0], f"--config={recorded.__file__}:{workdir}", *argv[1:]]
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        cli.usage_error(f"unexpected argument(s) {' '.join(argv[1:])}: flags take the form "
+                        f"--name=value (see --help).")
     if FLAGS.coordinator_address:
         os.environ["DIFFJAX_COORDINATOR_ADDRESS"] = FLAGS.coordinator_address
         os.environ["DIFFJAX_NUM_PROCESSES"] = str(FLAGS.num_processes)
@@ -74,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv = with_recorded_config(sys.argv)
     cli.run_main(main, unknown_config_key)

@@ -172,6 +172,7 @@ def test_missing_and_mismatched_files(tmp_path):
     message = _one_line_error(FileNotFoundError, lambda: load_vae(str(tmp_path / "nope")),
                               "does not exist")
     assert "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir" in message
+    assert "--config.autoencoder.pretrained=DIR" in message
     only_config = tmp_path / "only_config"
     only_config.mkdir()
     shutil.copy(os.path.join(folder("sd"), "config.json"), only_config)

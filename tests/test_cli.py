@@ -130,3 +130,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert expected.keys() == actual.keys()
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_a_stray_argument_or_a_run_without_config_is_one_line(tmp_path):
+    result = run_cli(TEST_CONFIG, f"--workdir={tmp_path}", "extra", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "diffjax: error: unexpected argument(s) extra: flags take the form --name=value "
+        "(see --help)."]
+    result = run_cli(f"--workdir={tmp_path}", "--mode=sample", check=False)
+    assert result.returncode == 2 and "config.json does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -50,6 +50,9 @@ CASES = {
          "model.unet.fir": True, "model.unet.resamp_with_conv": False,
          "model.unet.progressive_input": "input_skip", "model.unet.nonlinearity": "lrelu"},
         lambda r: (r["x"], r["time_cond"], None)),
+    "score_sde_ddpm": (  # score_sde's models/ddpm.py (Ho et al.'s DDPM), fed the integer step
+        "score_sde", "score_sde_ddpm.pth", "configs/cifar10_ddpm.py", TINY_UNET,
+        lambda r: (r["x"], r["time_cond"], None)),
     "dit_tiny": (
         "dit", "dit_tiny.pt", "configs/cifar10_dit.py",
         {"data.image_size": 8, "data.num_channels": 4, "model.dit.size": "",
@@ -305,6 +308,28 @@ def test_pickles_never_run_code(tmp_path):
     with pytest.raises(ValueError, match="not an EDM network pickle"):
         load("edm", str(path))
     # The torch.save readers (score_sde, DiT) refuse it before unpickling anything.
-    with pytest.raises(ValueError, match="not a dit checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint of --source=dit"):
         load("dit", str(path))
     assert not marker.exists()
+
+
+def test_unusable_checkpoint_paths_are_one_line_naming_the_flag(tmp_path):
+    """Issue #24: an empty file used to say "check --source", a folder raised a bare
+    IsADirectoryError; each now names --checkpoint and the fix (the CLI prints these error
+    types as one line, as test_mismatch_is_one_line_and_writes_nothing shows)."""
+    from diffjax.convert import load
+    from diffjax.runtime.cli import USER_ERRORS
+
+    empty = tmp_path / "DiT-XL-2-256x256.pt"
+    empty.write_bytes(b"")
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    garbage = tmp_path / "edm.pkl"
+    garbage.write_bytes(b"not a pickle")
+    for path, source, expected in [
+            (empty, "dit", f"--checkpoint={empty} is empty (0 bytes); download it again"),
+            (folder, "score_sde", f"--checkpoint={folder} is a folder; pass the checkpoint file"),
+            (garbage, "edm", "is not a checkpoint of --source=edm")]:
+        with pytest.raises(USER_ERRORS) as error:
+            load(source, str(path))
+        assert expected in str(error.value) and "\n" not in str(error.value), error.value

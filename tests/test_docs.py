@@ -39,29 +39,34 @@ def _sources() -> dict[str, str]:
     return texts
 
 
+def command_lines(text: str, program: str) -> list[list[str]]:
+    """The argv of every command line in `text` that runs `program`, continuations joined."""
+    found = []
+    # Docstrings are read as source, where a continuation is written as two backslashes.
+    joined = re.sub(r"\\\n\s*", " ", text.replace("\\\\\n", "\\\n"))
+    for line in joined.splitlines():
+        line = line.strip().lstrip("$ ").split("  #")[0].strip().strip("`")
+        if program not in line or line.startswith(("#", "|", ">")):
+            continue
+        command = line[line.index(program):].split("`")[0].rstrip(".,;) ")
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            continue
+        # Prose mentions and usage synopses ("[--mode=MODE]", "...") are not commands.
+        if not any(w.startswith("--") for w in words) or \
+                any(w.startswith("[") or "..." in w or w == "ARGS" for w in words):
+            continue
+        for name, value in PLACEHOLDERS.items():
+            words = [re.sub(rf"(?<=[=:]){name}\b|^{name}$", value, w) for w in words]
+        found.append(words)
+    return found
+
+
 def commands(program: str) -> list[tuple[str, list[str]]]:
     """(where, argv) of every command line that runs `program`, continuations joined."""
-    found = []
-    for where, text in _sources().items():
-        # Docstrings are read as source, where a continuation is written as two backslashes.
-        joined = re.sub(r"\\\n\s*", " ", text.replace("\\\\\n", "\\\n"))
-        for line in joined.splitlines():
-            line = line.strip().lstrip("$ ").split("  #")[0].strip().strip("`")
-            if program not in line or line.startswith(("#", "|", ">")):
-                continue
-            command = line[line.index(program):].split("`")[0].rstrip(".,;) ")
-            try:
-                words = shlex.split(command)
-            except ValueError:
-                continue
-            # Prose mentions and usage synopses ("[--mode=MODE]", "...") are not commands.
-            if not any(w.startswith("--") for w in words) or \
-                    any(w.startswith("[") or "..." in w or w == "ARGS" for w in words):
-                continue
-            for name, value in PLACEHOLDERS.items():
-                words = [re.sub(rf"(?<=[=:]){name}\b|^{name}$", value, w) for w in words]
-            found.append((where, words))
-    return found
+    return [(where, words) for where, text in _sources().items()
+            for words in command_lines(text, program)]
 
 
 PARSER = r"""

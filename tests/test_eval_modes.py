@@ -205,19 +205,121 @@ def test_eval_skips_an_unreadable_checkpoint_and_removes_its_chunks(evaluated, s
 
 def test_sample_mode_names_outputs_by_setting_and_picks_a_step(trained):
     result = run_cli(TEST_CONFIG, f"--workdir={trained}", "--mode=sample")
-    name = "step6_euler_maruyama-4steps_n8_seed0"
-    png, npz = trained / "samples" / f"{name}.png", trained / "samples" / f"{name}.npz"
-    assert png.exists() and str(png) in result.stdout and str(npz) in result.stdout
+    (npz,) = glob.glob(str(trained / "samples" / "step6_euler_maruyama-4steps_n8_seed0_*.npz"))
+    png = npz[:-4] + ".png"
+    assert os.path.exists(png) and png in result.stdout and npz in result.stdout
     assert f"{EXPECTED_NFE} NFE" in result.stdout
     with np.load(npz) as stored:
-        assert stored["images"].shape == (8, 8, 8, 1) and stored["images"].dtype == np.uint8
+        cli_images = stored["images"]
+        assert cli_images.shape == (8, 8, 8, 1) and cli_images.dtype == np.uint8
         assert "labels" not in stored  # unconditional model
-    other = run_cli(TEST_CONFIG, f"--workdir={trained}", "--mode=sample",
+
+    # From Python in two lines, with the run's own config: the same images as the CLI.
+    import diffjax
+
+    run = diffjax.load(str(trained))
+    images = run.sample(8, seed=0)
+    np.testing.assert_array_equal(images, cli_images)
+    assert run.step == 6 and run.last_nfe == EXPECTED_NFE
+    assert run.sample(3, seed=1, num_steps=2).shape == (3, 8, 8, 1) and run.last_nfe == 3
+    with pytest.raises(ValueError, match="did you mean config.sampling.num_steps"):
+        run.sample(2, num_step=2)
+    with pytest.raises(ValueError, match="unconditional"):
+        run.sample(2, labels="grid")
+
+    # Without --config: the run's config.json, with command-line overrides on top.
+    other = run_cli(f"--workdir={trained}", "--mode=sample",
                     "--config.sampling.checkpoint_step=3", "--config.sampling.num_steps=2",
                     "--config.sampling.write_pngs=True")
-    folder = trained / "samples" / "step3_euler_maruyama-2steps_n8_seed0"
+    (folder,) = [p for p in glob.glob(str(trained / "samples" / "step3_euler_maruyama-2steps_n8_"
+                                                                 "seed0_*")) if os.path.isdir(p)]
     assert sorted(os.listdir(folder)) == [f"{i:06d}.png" for i in range(8)]
-    assert str(folder) in other.stdout and png.exists()  # the first run's files are kept
+    assert folder in other.stdout and os.path.exists(png)  # the first run's files are kept
+    assert "(8 images, euler_maruyama, 3 NFE)" in other.stdout
+
+
+def test_a_config_of_another_model_is_refused_in_every_mode_that_reads_the_run(
+        trained, digits_config):
+    """VP weights under an EDM config sample noise: refused in one line naming the keys, before
+    anything is built, in sample (CLI), eval and likelihood (Python, as the CLI runs them)."""
+    import diffjax
+    from diffjax.storage.workdir import RunMismatchError
+
+    before = sorted(os.listdir(trained / "samples"))
+    result = run_cli("--config=configs/digits.py:edm,test", f"--workdir={trained}",
+                     "--mode=sample", check=False)
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("diffjax: error")]
+    assert "config.sde.name ('vp' -> 'edm')" in line and \
+        "config.model.parameterization ('eps' -> 'edm')" in line, line
+    assert "config.json" in line and "Traceback" not in result.stderr
+    assert "Compiled" not in result.stderr and len(line) < 600
+    assert sorted(os.listdir(trained / "samples")) == before
+    for mode in ("eval", "likelihood"):
+        with pytest.raises(RunMismatchError, match=r"config.model.unet.nf \(8 -> 16\)"):
+            config = digits_config("test")
+            config.model.unet.nf = 16
+            diffjax.run_mode(config, str(trained), mode)
+    # Settings of sampling and evaluation are not the model: they may differ.
+    from diffjax.storage.workdir import check_same_model
+
+    config = digits_config("test")
+    config.sampling.method, config.eval.num_samples, config.model.dropout = "ddim", 10, 0.3
+    check_same_model(str(trained), config)
+
+
+def test_sample_names_carry_every_setting_and_likelihood_reports_theirs(digits_config):
+    from diffjax.modes.likelihood import report_name
+    from diffjax.modes.sample import output_name
+
+    config = digits_config("test")
+    config.sampling.method = "ddim"
+    names = {output_name(config, 6)}
+    for key, value in (("eta", 1.0), ("denoise", False), ("time_grid", "uniform"),
+                       ("batch_size", 4)):
+        variant = digits_config("test")
+        variant.sampling.method = "ddim"
+        variant.sampling[key] = value
+        names.add(output_name(variant, 6))
+    assert len(names) == 5, names  # eta=1 no longer overwrites eta=0
+    assert all(n.startswith("step6_ddim-4steps_n8_seed0_") for n in names)
+    reports = {report_name(config, 6, 16)}
+    for key, value in (("rtol", 1e-3), ("atol", 1e-3), ("solver", "tsit5"), ("use_ema", False)):
+        variant = digits_config("test")
+        variant.sampling[key] = value
+        reports.add(report_name(variant, 6, 16))
+    variant = digits_config("test")
+    variant.eval.likelihood_max_examples = 20
+    reports |= {report_name(variant, 6, 16), report_name(config, 6, 32)}
+    assert len(reports) == 7 and all(r.startswith("likelihood_6_test_") for r in reports)
+
+
+def test_a_failed_sample_leaves_no_folder_behind(trained, digits_config, tmp_path):
+    from diffjax.modes.sample import sample
+
+    typo = tmp_path / "mistyped"
+    with pytest.raises(FileNotFoundError, match="train first"):
+        sample(digits_config("test"), str(typo))
+    assert not typo.exists()
+
+
+def test_eval_sweeps_name_the_closest_key_and_the_type(digits_config):
+    from diffjax.evaluation.settings import settings_from_config
+
+    config = digits_config("test")
+    config.eval.sweep = "sampling.num_step=2,4"
+    with pytest.raises(ValueError, match="did you mean config.sampling.num_steps"):
+        settings_from_config(config)
+    config.eval.sweep = "samplng.num_steps=2"
+    with pytest.raises(ValueError, match="did you mean config.sampling"):
+        settings_from_config(config)
+    config.eval.sweep = "sampling.num_steps=abc"
+    with pytest.raises(ValueError) as error:
+        settings_from_config(config)
+    assert "is not of its type int" in str(error.value)
+    assert "Could not override" not in str(error.value)  # ml_collections' wording
+    config.eval.sweep = "sampling.denoise=0,1;sampling.labels=3"
+    assert [s.config.sampling.denoise for s in settings_from_config(config)] == [False, True]
 
 
 def test_sample_mode_inpaints_from_the_cli(trained):

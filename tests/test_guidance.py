@@ -41,13 +41,13 @@ def test_guidance_combines_conditional_and_null_outputs_in_one_call():
     conditional = net(x, c, labels)
     unconditional = net(x, c, jnp.full((4,), NUM_CLASSES))
     calls.clear()
-    guided = classifier_free_guidance(net, 1.5, null_label=NUM_CLASSES)(x, c, labels)
+    guided = classifier_free_guidance(net, 1.5, null=NUM_CLASSES)(x, c, labels)
     assert calls == [8], "conditional and null halves go through the network as one batch"
     np.testing.assert_allclose(guided, unconditional + 1.5 * (conditional - unconditional),
                                rtol=1e-4, atol=1e-5)
-    one = classifier_free_guidance(net, 1.0, null_label=NUM_CLASSES)(x, c, labels)
+    one = classifier_free_guidance(net, 1.0, null=NUM_CLASSES)(x, c, labels)
     np.testing.assert_allclose(one, conditional, rtol=1e-4, atol=1e-5)  # 2B vs B batch rounding
-    zero = classifier_free_guidance(net, 0.0, null_label=NUM_CLASSES)(x, c, labels)
+    zero = classifier_free_guidance(net, 0.0, null=NUM_CLASSES)(x, c, labels)
     np.testing.assert_allclose(zero, unconditional, rtol=1e-4, atol=1e-5)
 
 
@@ -58,7 +58,7 @@ def test_guidance_can_be_limited_to_the_first_channels_as_dit_does():
         return labels[:, None, None, None] * 10.0 + jnp.arange(4.0) + 0 * x_in[..., :1]
 
     x, c, labels = jnp.zeros((2, 2, 2, 1)), jnp.zeros(2), jnp.array([1, 2])
-    out = classifier_free_guidance(net, 1.5, null_label=10, guided_channels=3)(x, c, labels)
+    out = classifier_free_guidance(net, 1.5, null=10, guided_channels=3)(x, c, labels)
     conditional, null = net(x, c, labels), net(x, c, jnp.full(2, 10))
     np.testing.assert_allclose(out[..., :3], (null + 1.5 * (conditional - null))[..., :3])
     np.testing.assert_allclose(out[..., 3:], conditional[..., 3:])  # unguided: conditional
@@ -68,7 +68,7 @@ def test_guidance_scale_one_samples_like_the_conditional_model():
     net, _ = conditional_net()
     sde, labels = VPSDE(), jnp.arange(4) % NUM_CLASSES
     plain = make_score_fn(sde, net, labels=labels)
-    guided = make_score_fn(sde, classifier_free_guidance(net, 1.0, null_label=NUM_CLASSES),
+    guided = make_score_fn(sde, classifier_free_guidance(net, 1.0, null=NUM_CLASSES),
                            labels=labels)
     a = euler_maruyama(jax.random.key(2), plain, sde, (4, 8, 8, 1), num_steps=5)
     b = euler_maruyama(jax.random.key(2), guided, sde, (4, 8, 8, 1), num_steps=5)

@@ -99,3 +99,37 @@ def test_bad_latent_inputs_are_one_line(encoded, overrides, expected):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert expected in last and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_latents_of_an_older_first_stage_are_refused_by_train_and_sample(encoded, tmp_path):
+    """The first stage trained on after encoding: its latents no longer decode with it. The
+    fingerprint the latents carry is checked against the first stage at start-up (a hash of its
+    parameters), by the CLI's train and sample modes."""
+    import shutil
+
+    import diffjax
+    from diffjax.data import DataError
+
+    workdir = tmp_path / "run"
+    shutil.copytree(encoded, workdir)
+    config = diffjax.load_config("configs/digits.py:latent,test",
+                                 [arg.removeprefix("--config.") for arg in TRAIN])
+    if not (workdir / "checkpoints").exists():  # this test alone: train the diffusion model
+        diffjax.train(config, str(workdir))
+    metadata_path = workdir / "latents" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["vae_fingerprint"] = "0123456789abcdef"  # written by another first stage
+    metadata_path.write_text(json.dumps(metadata))
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    for mode in ("sample", "train"):
+        with pytest.raises(DataError, match="were encoded by another VAE .*0123456789abcdef"):
+            diffjax.run_mode(config if mode == "sample" else _longer(config), str(workdir),
+                             mode)
+    assert sorted(os.listdir(workdir / "checkpoints")) == before
+
+
+def _longer(config):
+    longer = config.copy_and_resolve_references()
+    longer.training.num_train_steps = 8
+    longer.lock()
+    return longer

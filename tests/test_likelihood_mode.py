@@ -11,7 +11,10 @@ def test_likelihood_mode_reports_bits_per_dim(tmp_path):
                      "--config.eval.likelihood_max_examples=20",
                      "--config.eval.likelihood_batch_size=16",
                      "--config.sampling.rtol=1e-3", "--config.sampling.atol=1e-3")
-    report = json.loads((tmp_path / "eval" / "likelihood_6.json").read_text())
+    # Named after the settings that change the number, so other settings keep their own file.
+    (path,) = (tmp_path / "eval").glob("likelihood_6_test_*.json")
+    assert str(path) in result.stdout
+    report = json.loads(path.read_text())
     assert report["num_examples"] == 20 and report["split"] == "test"
     # An almost untrained model is close to the zero-score model: ~15.5 bits/dim on [-1, 1] data
     # (prior density plus the integrated divergence D log alpha(T)); anything finite in (7, 30).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import subprocess
 import sys
 import types
 
@@ -24,7 +25,8 @@ def scalar_events(workdir) -> dict[str, list[tuple[int, float]]]:
     scalars = {}
     for tag in accumulator.Tags()["tensors"]:
         values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
-        if all(np.ndim(v) == 0 for _, v in values):  # images are tensors too
+        # Images and texts are tensors too.
+        if all(np.ndim(v) == 0 and np.asarray(v).dtype.kind in "fiu" for _, v in values):
             scalars[tag] = [(step, float(v)) for step, v in values]
     return scalars
 
@@ -33,8 +35,35 @@ def scalar_events(workdir) -> dict[str, list[tuple[int, float]]]:
 def logged_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("logged")
     result = run_cli("--config=configs/digits.py:test", f"--workdir={workdir}",
-                     "--config.optim.schedule=cosine", "--config.optim.min_lr_ratio=0.1")
+                     "--config.optim.schedule=cosine", "--config.optim.min_lr_ratio=0.1",
+                     "--config.training.eval_every_steps=2")
     return workdir, result
+
+
+def text_events(workdir) -> dict[str, list[tuple[int, str]]]:
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    (path,) = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    accumulator = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    texts = {}
+    for tag in accumulator.Tags()["tensors"]:
+        values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+        if all(np.ndim(v) == 0 and np.asarray(v).dtype.kind in "OSU" for _, v in values):
+            texts[tag] = [(step, np.asarray(v).item().decode()) for step, v in values]
+    return texts
+
+
+def test_tensorboard_has_the_held_out_loss_and_the_config(logged_run):
+    """score_sde's eval loss: the objective on a fixed batch of data.eval_split, fixed noise."""
+    workdir, _ = logged_run
+    held_out = scalar_events(workdir)["eval_loss"]
+    assert [step for step, _ in held_out] == [2, 4, 6]
+    assert all(np.isfinite(value) and value > 0 for _, value in held_out)
+    ((step, text),) = text_events(workdir)["config"]
+    assert step == 0 and '"eval_every_steps": 2' in text and '"nf": 8' in text
+    assert all(line.startswith("    ") for line in text.splitlines())  # a Markdown code block
 
 
 def test_every_scalar_is_written_once_per_logged_step(logged_run):
@@ -95,11 +124,32 @@ def test_the_console_is_quiet(logged_run):
 
 
 def test_help_prints_usage_and_exits_zero():
+    from diffjax import modes
+
     for flag in ("--help", "-h", "--helpfull"):
         result = run_cli(flag, check=False)
         assert result.returncode == 0, (flag, result.stderr[-1000:])
         assert "--mode" in result.stdout and "eval" in result.stdout
         assert "Unknown command line flag" not in result.stderr
+        # The mode list comes from the registry: every mode, with what it does.
+        shown = result.stdout
+        listed = shown[shown.index("Modes:"):shown.index("Any config field")].splitlines()[1:]
+        assert [line.split()[0] for line in listed if line.strip()] == list(modes.MODES)
+        assert all(len(line.split()) > 2 for line in listed if line.strip())
+
+
+def test_the_data_pipeline_drops_only_the_opencv_advice():
+    """TFDS advises OpenCV (an absl warning) when it first decodes an image, in a notebook too."""
+    script = ("import diffjax, absl.logging\n"
+              "config = diffjax.load_config('configs/digits.py:test')\n"
+              "from diffjax.data import iterate_split\n"
+              "print(next(iterate_split(config.data, 'test', 4))['image'].shape)\n"
+              "absl.logging.warning('another library warning')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(4, 8, 8, 1)" in result.stdout
+    assert "OpenCV" not in result.stderr and "another library warning" in result.stderr
 
 
 def test_the_wandb_writer_logs_scalars_images_and_the_config(digits_config, monkeypatch,

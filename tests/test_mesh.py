@@ -30,7 +30,7 @@ def mesh_config(**sizes) -> ml_collections.ConfigDict:
     return config
 
 
-CACHE = "from diffjax import runtime; runtime.enable_compilation_cache()\n"
+CACHE = "from diffjax.runtime import xla; xla.enable_compilation_cache()\n"
 
 
 def run_script(script: str, *args: str, devices: int = 8, timeout: float = 900) -> dict:

@@ -182,3 +182,42 @@ def test_a_lost_process_ends_the_survivor_in_one_line_keeping_its_checkpoint(tmp
     for marker in ("_CHECKPOINT_METADATA", "state/_METADATA", "state/ocdbt.process_0",
                    "state/ocdbt.process_1"):
         assert os.path.exists(tmp_path / "checkpoints" / str(complete[-1]) / marker)
+
+
+def test_losing_process_0_the_coordinator_ends_the_survivor_in_one_line(tmp_path):
+    """Issue #24: two processes joined with --coordinator_address (no launcher), process 0
+    SIGKILLed. JAX's coordination agent used to abort the survivor at once (rc -6, "Fatal Python
+    error: Aborted" and some fifty lines); with the service in a helper process (parallel/
+    coordinator.py) the survivor names process 0 and exits 75, as for any other lost peer."""
+    import signal
+    import time
+
+    from conftest import BackgroundRun
+
+    from diffjax.parallel.peers import EXIT_LOST_PROCESS
+
+    args = [f"--config=configs/digits.py:{VARIANT}", f"--workdir={tmp_path}",
+            "--config.training.num_train_steps=100000", "--config.training.log_every_steps=2",
+            "--config.training.checkpoint_every_steps=4", "--config.mesh.data=2",
+            f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "DIFFJAX_CPU_COLLECTIVES": "gloo"}
+    runs = [BackgroundRun(*args, f"--process_id={i}", env=env) for i in range(2)]
+    try:
+        runs[1].wait_for(lambda: os.path.isdir(tmp_path / "checkpoints" / "4"), "checkpoint 4",
+                         timeout=600)
+        victim = runs[0].process.pid
+        runs[0].process.send_signal(signal.SIGKILL)
+        killed = time.time()
+        returncode = runs[1].finish(timeout=120)
+        elapsed = time.time() - killed
+    finally:
+        for run in runs:
+            if run.process.poll() is None:
+                run.kill()
+    assert returncode == EXIT_LOST_PROCESS, runs[1].stderr[-3000:]
+    assert elapsed < 30, f"took {elapsed:.0f}s"
+    (line,) = [x for x in runs[1].stderr.splitlines() if x.startswith("diffjax: error")]
+    assert f"lost process 0, the coordinator (pid {victim}" in line, line
+    assert "restart every process" in line
+    assert "Fatal Python error" not in runs[1].stderr and "Traceback" not in runs[1].stderr

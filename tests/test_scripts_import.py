@@ -2,7 +2,7 @@
 
 They are run by hand, not by the suite, so an API they call that moves (as `quiet_library_logs`
 once did) would otherwise surface only when someone next measures. Scripts that import torch at
-the top are the PyTorch side (tools/, with /work/toolsenv-style environments) and are skipped.
+the top are the PyTorch side (tools/, with `make toolsenv`) and are skipped.
 """
 
 import glob

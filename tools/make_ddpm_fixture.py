@@ -16,8 +16,8 @@ tests/test_ddpm.py replays them. clip_denoised=False as in DiT's sample.py. floa
 Needs torch (never part of diffjax) and a checkout of DiT:
 
     mkdir -p /tmp/ref/DiT
-    git -C /work/.mirror/facebookresearch+DiT/repo archive HEAD | tar -x -C /tmp/ref/DiT
-    /work/toolsenv/bin/python tools/make_ddpm_fixture.py --reference /tmp/ref/DiT
+    git clone https://github.com/facebookresearch/DiT /tmp/ref/DiT
+    toolsenv/bin/python tools/make_ddpm_fixture.py --reference /tmp/ref/DiT
 """
 
 from __future__ import annotations

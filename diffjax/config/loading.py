@@ -7,6 +7,9 @@ CLI uses (`--config=FILE[:ARG] --config.a.b=V`), so both give the same locked co
 the checks a config can fail on its own (`diffjax.config.checks`). Each mode runs the rest of the
 validation, a dry run against the data and the machine, when it starts (`diffjax.modes.preflight`).
 
+`load_recorded(workdir, overrides)` is the same for a trained run's own config (its config.json,
+see `recorded.py`): what `--mode=sample` reads when it gets no --config.
+
 `unknown_config_key` is the one diagnosis of a misspelt key, for the CLI and for `load`: every
 config file starts from `base_config()` and adds no keys, so the schema is known without loading
 the user's file.
@@ -21,6 +24,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from diffjax.config import recorded
 from diffjax.config.checks import ConfigError, check_ranges
 from diffjax.config.schema import base_config
 from diffjax.runtime.cli import describe_flag_error
@@ -53,6 +57,28 @@ def unknown_key(path: str, schema=None) -> str | None:
             return f"unknown config key config.{path}: {where} has no field {part!r}{hint}"
         node, walked = node[part], walked + [part]
     return None
+
+
+def set_field(config, path: str, value: Any, source: str = "override") -> None:
+    """config.<path> = value, or one ConfigError naming `source`, the key and the fix: an unknown
+    key with the closest one ("did you mean"), a value of the wrong type with the field's type."""
+    problem = unknown_key(path, config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    if hasattr(node[leaf], "keys"):
+        raise ConfigError(f"{source}: config.{path} is a section; set one of its fields, "
+                          f"e.g. config.{path}.{next(iter(node[leaf].keys()))}")
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError):
+        kind = node.get_type(leaf)
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{source}: config.{path}={value!r} is not of its type {name} "
+                          f"(now {node[leaf]!r})") from None
 
 
 def unknown_config_key(argv: list[str]) -> str | None:
@@ -111,3 +137,12 @@ def load(spec: str, overrides: Mapping[str, Any] | Iterable[str] | None = None
             raise ConfigError(f"config.{path}={value!r}: {error}") from None
     check_ranges(config)
     return config
+
+
+
+def load_recorded(workdir: str, overrides: Mapping[str, Any] | Iterable[str] | None = None
+                  ) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was trained with (its config.json), with `overrides`
+    applied as in `load`; FileNotFoundError naming the file when the run has none."""
+    recorded.get_config(workdir)  # a missing record: FileNotFoundError naming it and the fix
+    return load(f"{recorded.__file__}:{workdir}", overrides)

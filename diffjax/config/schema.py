@@ -2,8 +2,8 @@
 
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
-Sections come in a fixed order: data, model, autoencoder, sde, training, optim, sampling, eval,
-mesh, compile.
+Sections come in a fixed order: data, model, autoencoder, pipeline, sde, training, optim,
+sampling, eval, mesh, compile.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 
@@ -36,9 +36,21 @@ def base_config() -> ml_collections.ConfigDict:
     data.latent_dir = ""  # "" = train on pixels
     data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
     data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
+    # Text-to-image (diffjax/data/captions.py, diffjax/latents/text_cache.py): captions come from
+    # a TFDS text feature or an image folder; --mode=encode_latents caches the text encoder's
+    # outputs beside the latents (or, with cache_pixels, the images), so training runs no encoder.
+    data.caption_key = ""  # TFDS feature holding the captions, "/" for nesting: "captions/text"
+    data.image_folder = ""  # images + metadata.jsonl (file_name, text) or NAME.txt; replaces TFDS
+    data.text_encoder = ""  # "" = no text; "minilm", "bert" or "clip" (diffjax.text)
+    data.text_encoder_folder = ""  # the encoder's folder ("minilm": "" = the pip package)
+    data.text_max_length = 0  # tokens per caption; 0 = the encoder's own limit
+    data.captions_per_image = 1  # captions kept per image (training draws one per step)
+    data.skip_bad_examples = False  # skip (count, log) bad images/captions instead of stopping
+    data.cache_pixels = False  # encode_latents stores the images (pixel models), not latents
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
+    # (or "pixart": DiT with cross-attention to text, PixArt-alpha; sizes from model.dit)
     # What the output means (diffjax/diffusion/parameterization.py): "eps" (alias "noise"), "score", "x0", "v",
     # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
     model.parameterization = "eps"
@@ -109,6 +121,20 @@ def base_config() -> ml_collections.ConfigDict:
     autoencoder.train_batch_size = 64
     autoencoder.lr = 4.5e-6 * 64  # LDM: base lr 4.5e-6 scaled by the batch size
 
+    # A pretrained text-to-image pipeline: a diffusers folder (diffjax/pipelines/). When set,
+    # --mode=sample and --mode=eval draw images from it with sampling.prompts / eval.prompts
+    # instead of restoring a checkpoint; the diffusion keys above are then not used.
+    config.pipeline = pipeline = ml_collections.ConfigDict()
+    pipeline.folder = ""  # model_index.json + text_encoder(_2)/ tokenizer(_2)/ unet/ vae/ ...
+    pipeline.scheduler = ""  # "" = the folder's; or a class name, e.g. "EulerDiscreteScheduler"
+    pipeline.height = 0  # 0 = the folder's default (unet sample_size x VAE factor)
+    pipeline.width = 0
+    pipeline.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+    pipeline.clip_skip = 0  # SD 1.x / 2.x: take the text encoder's state k layers earlier
+    # Prompt cleaning: "clip" (the original CLIP tokenizer's: ftfy, HTML unescaped) or
+    # "transformers" (diffusers' fast tokenizer; differs on "&amp;", curly quotes, mojibake).
+    pipeline.tokenizer_cleaning = "clip"
+
     config.sde = sde = ml_collections.ConfigDict()
     # The diffusion process (diffjax/diffusion/processes/): "vp", "subvp", "ve" (score_sde), "cosine",
     # "ddpm" (discrete, DiT/ADM), "flow" (flow matching / rectified flow), "edm".
@@ -128,6 +154,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.log_every_steps = 100
     training.checkpoint_every_steps = 10_000
     training.sample_every_steps = 50_000
+    # Held-out loss (TensorBoard `eval_loss`): the objective on one fixed batch of
+    # data.eval_split with fixed noise, EMA weights, every N steps (score_sde's eval loss); 0 = off.
+    training.eval_every_steps = 1000
     training.max_checkpoints_to_keep = 3
     training.async_checkpointing = True
     training.num_sample_images = 64  # size of the sample grids written during training
@@ -150,6 +179,10 @@ def base_config() -> ml_collections.ConfigDict:
     training.wandb_entity = ""
     training.wandb_run_name = ""  # also the W&B run id, so a resumed run continues it
     training.wandb_mode = "online"  # "online", "offline" or "disabled"
+    # Text models: probability of the null caption (classifier-free guidance), drawn in-graph;
+    # the null is the empty prompt's encoding ("empty", stored by encode_latents) or "zeros".
+    training.caption_dropout = 0.1
+    training.caption_null = "empty"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"  # "adam" or "adamw"
@@ -209,6 +242,11 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.labels = ""  # --mode=sample, conditional: "" random, "grid", or "3,7" (class ids)
     sampling.write_pngs = False  # --mode=sample: also one PNG per image (for clean-fid etc.)
     sampling.inpaint = ""  # --mode=sample: a mask name (left_half, center, ...) or file
+    # --mode=sample: a file of prompts (one per line) or "a cat|a dog", repeated to
+    # num_samples; for a trained text model "" = captions of the cached dataset. The
+    # negative prompt (Stable Diffusion pipelines) applies to every image ("" = none).
+    sampling.prompts = ""
+    sampling.negative_prompt = ""
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.num_samples = 50_000
@@ -230,6 +268,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Cartesian sweep of sampler settings per checkpoint, e.g.
     # "sampling.guidance_scale=1,1.5;sampling.num_steps=10,20" (one report per setting).
     evaluation.sweep = ""
+    # Text models: prompt following of eval.prompt_num_samples samples: on digits the accuracy of
+    # a classifier trained on the real digits on prompts naming a digit; with a CLIP folder
+    # (transformers' CLIPModel layout) also the CLIP score of samples drawn from dataset captions.
+    # Pipelines (pipeline.folder): the prompts FID samples from, repeated to num_samples.
+    evaluation.prompts = ""  # a file or "|"-list; "" = digits' own naming prompts
+    evaluation.prompt_num_samples = 200
+    evaluation.clip_model = ""
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

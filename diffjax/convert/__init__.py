@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from diffjax.convert import dit, edm, score_sde
 from diffjax.convert.target import Target, build_target, check_empty, write_checkpoint
+from diffjax.latents.latent_mode import resolve_paths
 from diffjax.storage import filesystem, workdir as workdir_lib
 from diffjax.storage.workdir_lock import WorkdirLock
 
@@ -57,16 +58,23 @@ def load(source: str, checkpoint: str):
     reader = get_source(source).read
     if not filesystem.exists(checkpoint):
         raise FileNotFoundError(f"No checkpoint file {checkpoint}; check --checkpoint.")
+    if filesystem.is_dir(checkpoint):
+        raise IsADirectoryError(f"--checkpoint={checkpoint} is a folder; pass the checkpoint "
+                                f"file itself (.pth, .pt or .pkl).")
     with filesystem.open_file(checkpoint) as stream:
         data = io.BytesIO(stream.read())
+    if not data.getbuffer().nbytes:
+        raise ValueError(f"--checkpoint={checkpoint} is empty (0 bytes); download it again "
+                         f"(an interrupted download?) and pass the complete file.")
     try:
         return reader(data)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError,
             ValueError) as error:
         if isinstance(error, ValueError) and "--source" in str(error):
             raise
-        raise ValueError(f"{checkpoint} is not a {source} checkpoint ({type(error).__name__}: "
-                         f"{error}); check --source.") from None
+        raise ValueError(f"{checkpoint} is not a checkpoint of --source={source} "
+                         f"({type(error).__name__}: {error}); check --source and "
+                         f"--checkpoint.") from None
 
 
 def convert_params(source: str, checkpoint: str, config) -> tuple[Target, dict, dict, int]:
@@ -85,6 +93,8 @@ def convert(source: str, checkpoint: str, config, workdir: str, step: int | None
     """
     get_source(source)
     check_empty(workdir)
+    # Relative latent paths (autoencoder.pretrained) are inside the workdir, as for every mode.
+    config = resolve_paths(config, filesystem.absolute(workdir))
     # Everything is read and checked before the workdir is touched: a mismatch writes nothing.
     target, params, ema_params, found_step = convert_params(source, checkpoint, config)
     workdir_lib.check_writable(filesystem.absolute(workdir))

@@ -4,7 +4,9 @@ EMA weights) -> diffjax DiT parameters.
 The released models have learn_sigma=True (8 output channels for 4 latent channels) and 1000
 classes plus the null class; their config needs `model.dit.learn_sigma=True`,
 `model.conditional=True` and `data.num_classes=1000`. DiT's frozen sin-cos position table
-('pos_embed') is not a diffjax parameter: it is checked against diffjax's table instead.
+('pos_embed') is not a diffjax parameter: it is checked against diffjax's table of the network's
+input grid instead (the latent grid for the released models: 32x32 latents of 256 px images,
+16x16 tokens).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from diffjax.convert.mapping import (CheckpointMismatch, Rule, apply_rules, dense_kernel,
                                      one_to_one, same)
 from diffjax.convert.target import Target
+from diffjax.latents.latent_mode import model_input_shape
 from diffjax.models.dit import sincos_2d_position_embedding
 
 # diffjax path (regex) -> DiT name (with \1 for the block index).
@@ -95,14 +98,21 @@ def convert(target: Target, data: dict) -> tuple[dict, dict, int]:
     config = target.config
     if config.model.dit.pos_embed == "sincos" and "pos_embed" in data:
         hidden = np.shape(data["pos_embed"])[-1]
-        grid = config.data.image_size // config.model.dit.patch_size
-        table = sincos_2d_position_embedding(hidden, grid, grid)
+        # The network's input grid: latents (image_size / the VAE's factor) in latent mode.
+        height, width, _ = model_input_shape(config)
+        p = config.model.dit.patch_size
+        table = sincos_2d_position_embedding(hidden, height // p, width // p)
         if np.shape(data["pos_embed"])[1:] != table.shape or not np.allclose(
                 data["pos_embed"][0], table, atol=1e-5):
+            tokens = np.shape(data["pos_embed"])[1] if np.ndim(data["pos_embed"]) == 3 else 0
+            side = int(round(np.sqrt(tokens)))
+            theirs = f" ({side}x{side} tokens)" if side * side == tokens else ""
             raise CheckpointMismatch(
                 f"the checkpoint's fixed position table 'pos_embed' "
-                f"{list(np.shape(data['pos_embed']))} is not the sin-cos table of a "
-                f"{grid}x{grid} token grid; check data.image_size and model.dit.patch_size.")
+                f"{list(np.shape(data['pos_embed']))}{theirs} is not the sin-cos table of the "
+                f"config's {height // p}x{width // p} token grid (a {height}x{width} network "
+                f"input, patch {p}); check data.image_size, model.dit.patch_size and, for "
+                f"latents, the VAE of autoencoder.pretrained.")
     ignore = (lambda n: n == "pos_embed") if config.model.dit.pos_embed == "sincos" else \
         (lambda n: False)
     params = apply_rules(rules(target), data, source="DiT", ignore=ignore,

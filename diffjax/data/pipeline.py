@@ -10,6 +10,7 @@ of this is diffjax/data/loader.py.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from typing import Iterator
 
@@ -20,7 +21,22 @@ from diffjax.data import digits
 from diffjax.runtime.cli import UserError
 
 # Datasets that ship with the package (no download); every other name goes to the TFDS catalog.
-EMBEDDED_BUILDERS = {"digits": digits.Builder}
+EMBEDDED_BUILDERS = {"digits": digits.Builder,
+                     "digits_captioned": digits.CaptionedBuilder}
+
+
+class _NoOpenCVAdvice(logging.Filter):
+    """TFDS advises installing OpenCV (through absl's logger) the first time it decodes an image:
+    for diffjax's small images PIL is no bottleneck, and a notebook shows the advice as a
+    warning. Exactly that message is dropped; every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("OpenCV is not installed")
+
+
+# On absl's logger, where TFDS logs it, once per process (the CLI's log filters cover it too).
+if not any(isinstance(f, _NoOpenCVAdvice) for f in logging.getLogger("absl").filters):
+    logging.getLogger("absl").addFilter(_NoOpenCVAdvice())
 
 
 class DataError(UserError, RuntimeError):
@@ -31,13 +47,41 @@ def _data_dir(data_config) -> str | None:
     return os.path.expanduser(data_config.data_dir) if data_config.data_dir else None
 
 
+def _check_data_dir(data_dir: str | None, *, writes: bool) -> None:
+    """data.data_dir is a folder, and one TFDS can prepare a dataset in when it must: one line
+    naming the key instead of TFDS's progress lines and a bare NotADirectoryError."""
+    if not data_dir or "://" in data_dir:
+        return
+    fix = ("set --config.data.data_dir to a folder (created if missing), or to '' for TFDS's "
+           "default ~/tensorflow_datasets")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"data.data_dir={data_dir!r} is a file, not a folder; {fix}.")
+    existing = data_dir
+    while not os.path.exists(existing):  # the folder TFDS would create it in
+        existing = os.path.dirname(existing.rstrip("/")) or "."
+    if not os.path.isdir(existing):
+        raise DataError(f"data.data_dir={data_dir!r} is inside the file {existing}; {fix}.")
+    if writes and not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"data.data_dir={data_dir!r} is not writable ({existing}: permission "
+                        f"denied), and the dataset must be prepared there first; {fix} "
+                        f"you can write to.")
+
+
 def dataset_builder(data_config) -> tfds.core.DatasetBuilder:
     """The TFDS builder of `data.dataset`, preparing it first when it is an embedded dataset."""
     name, data_dir = data_config.dataset, _data_dir(data_config)
+    _check_data_dir(data_dir, writes=False)
     if name in EMBEDDED_BUILDERS:
         builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
-            builder.download_and_prepare()
+            _check_data_dir(data_dir, writes=True)
+            try:
+                builder.download_and_prepare()
+            except OSError as error:  # a full disk, a quota
+                raise DataError(f"{name!r} could not be prepared in data.data_dir="
+                                f"{data_dir or builder.data_dir_root!r} "
+                                f"({os.strerror(error.errno) if error.errno else error}); set "
+                                f"--config.data.data_dir to a folder with room.") from None
         return builder
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -60,7 +104,7 @@ def dataset_builder(data_config) -> tfds.core.DatasetBuilder:
 def data_source(data_config, split: str):
     """Random-access source of a split (ArrayRecord), with a clear error for other formats."""
     builder = dataset_builder(data_config)
-    if split not in builder.info.splits:
+    if split.split("[")[0] not in builder.info.splits:  # a slice "train[:64]" reads randomly too
         raise DataError(
             f"Split {split!r} does not exist in {data_config.dataset!r}; "
             f"it has {sorted(builder.info.splits)}."

@@ -16,6 +16,13 @@ rest from the conditional half. A network with a learned variance (DiT's learn_s
 prediction channels only; DiT itself guides just the first 3 of its 4 latent channels (its
 `forward_with_cfg`, documented in the paper's appendix), which `sampling.guidance_channels=3`
 reproduces for converted DiT checkpoints.
+
+The null condition is one mechanism for every kind of conditioning: `null` is a pytree shaped
+like ONE example of the conditioning, broadcast to the batch (`null_like`). Class labels: the
+null class id (a scalar; the network's table has a learned row for it). Text: {"states" [L, D],
+"mask" [L], "pooled" [P]} of the null caption (the empty prompt's encoding, or zeros; see
+diffjax.latents.text_cache). Caption dropout in training replaces whole examples by the same
+null (`drop_to_null`), so the network learns exactly the unconditional model guidance asks for.
 """
 
 from __future__ import annotations
@@ -29,12 +36,34 @@ from diffjax.diffusion.parameterization import NetFn
 CONDITIONAL = 1.0
 
 
-def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null_label: int,
+def null_like(cond, null):
+    """`null` (one example's conditioning) broadcast to the batch of `cond`, leaf by leaf."""
+    return jax.tree.map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond,
+                        null)
+
+
+def drop_to_null(rng: jax.Array, cond, null, probability: float):
+    """Each example's conditioning replaced by `null` with `probability` (one draw per example,
+    from `rng`): caption / label dropout for classifier-free guidance."""
+    leaves = jax.tree.leaves(cond)
+    drop = jax.random.bernoulli(rng, probability, (leaves[0].shape[0],))
+
+    def choose(c, n):
+        keep = drop.reshape((-1,) + (1,) * (c.ndim - 1))
+        return jnp.where(keep, n, c)
+
+    return jax.tree.map(choose, cond, null_like(cond, null))
+
+
+def classifier_free_guidance(net: NetFn, guidance_scale: float, *, null,
                              guided_channels: int | None = None) -> NetFn:
+    """`net` guided toward its conditioning and away from `null` (see `null_like`)."""
+
     def guided(x_in, noise_cond, labels):
-        null = jnp.full_like(labels, null_label)
+        both = jax.tree.map(lambda c, n: jnp.concatenate([c, n]), labels,
+                            null_like(labels, null))
         out = net(jnp.concatenate([x_in, x_in]), jnp.concatenate([noise_cond, noise_cond]),
-                  jnp.concatenate([labels, null]))
+                  both)
         conditional, unconditional = jnp.split(out, 2)
         mixed = unconditional + guidance_scale * (conditional - unconditional)
         if guided_channels is None or guided_channels >= out.shape[-1]:

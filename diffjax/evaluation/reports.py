@@ -130,7 +130,8 @@ def summary_line(report: dict[str, Any]) -> str:
     """The report without bulky fields, as one JSON line (for scripts that follow sweeps)."""
     keep = ("step", "setting", "fid", "kid", "kid_std", "is", "nfe", "sampler", "num_steps",
             "guidance_scale", "use_ema", "num_samples", "seconds", "report", "existing",
-            "skipped")
+            "skipped", "prompt_accuracy", "prompt_accuracy_seen", "prompt_accuracy_unseen",
+            "classifier_test_accuracy", "clip_score", "clip_score_prompts")
     return json.dumps({k: report[k] for k in keep if k in report}, default=str)
 
 

@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 from diffjax import sampling
+from diffjax.config.loading import set_field, unknown_key
 
 SWEEPABLE_PREFIXES = ("sampling.",)
 SWEEPABLE_KEYS = ("eval.num_samples",)
@@ -53,6 +54,9 @@ def parse_sweep(spec: str) -> list[tuple[str, list[Any]]]:
         key = key.strip()
         if key.startswith("config."):
             key = key[len("config."):]
+        problem = unknown_key(key)
+        if problem:
+            raise ValueError(f"eval.sweep: {problem}")
         if not (key.startswith(SWEEPABLE_PREFIXES) or key in SWEEPABLE_KEYS):
             raise ValueError(f"eval.sweep key {key!r} cannot be swept; use a sampling.* key or "
                              f"eval.num_samples")
@@ -64,16 +68,17 @@ def parse_sweep(spec: str) -> list[tuple[str, list[Any]]]:
 
 
 def _set(config, key: str, value: Any) -> None:
-    node = config
     *parents, leaf = key.split(".")
+    node = config
     for part in parents:
-        node = node[part]
-    if leaf not in node:
-        raise ValueError(f"eval.sweep key {key!r} is not a config field")
-    try:
-        node[leaf] = value
-    except TypeError as error:
-        raise ValueError(f"eval.sweep value {value!r} for {key}: {error}") from None
+        node = node.get(part, {})
+    kind = node.get_type(leaf) if hasattr(node, "get_type") and leaf in node else None
+    # Values were parsed without the field's type: 1 for a bool, 3 for a string (labels=3).
+    if kind is bool and value in (0, 1) and not isinstance(value, bool):
+        value = bool(value)
+    elif kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    set_field(config, key, value, source="eval.sweep")  # "did you mean", the field's type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +88,9 @@ class EvalSetting:
 
     def signature(self, reference_name: str) -> dict[str, Any]:
         c = self.config
-        conditional = bool(c.model.conditional)
-        return {
+        text = bool(c.data.get("text_encoder", ""))
+        conditional = bool(c.model.conditional) or text
+        signature = {
             "sampler": c.sampling.method,
             "options": sampling.sampler_options(c.sampling),
             "guidance_scale": float(c.sampling.guidance_scale) if conditional else None,
@@ -96,6 +102,12 @@ class EvalSetting:
             "dequantize": bool(c.data.dequantize),
             "reference": reference_name,
         }
+        if text:  # what else a text model's report measures
+            signature.update(prompts=str(c.eval.prompts),
+                             prompt_num_samples=int(c.eval.prompt_num_samples),
+                             clip_model=str(c.eval.clip_model),
+                             caption_null=str(c.training.caption_null))
+        return signature
 
     def slug(self, reference_name: str) -> str:
         c = self.config
@@ -103,7 +115,7 @@ class EvalSetting:
         parts = [c.sampling.method]
         if "num_steps" in options:
             parts.append(f"{options['num_steps']}steps")
-        if c.model.conditional:
+        if c.model.conditional or c.data.get("text_encoder", ""):
             parts.append(f"cfg{float(c.sampling.guidance_scale):g}")
         if not c.sampling.use_ema:
             parts.append("raw")

@@ -37,7 +37,7 @@ from diffjax import data as data_lib
 from diffjax.evaluation.inception import inception_features
 from diffjax.evaluation.inception_network import FEATURE_DIM
 from diffjax.evaluation.inception_weights import load_inception_params
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 
 DEFAULT_STATS_DIR = os.path.join(os.path.expanduser("~"), ".cache", "diffjax", "fid_stats")
 # Reference features kept for KID: its estimator draws subsets of at most 1000 per set, and a
@@ -249,6 +249,10 @@ def reference_statistics(config, inception_params: dict | None = None
         logging.info("Reusing FID reference statistics %s.", path)
         return load_reference(path) if is_chief else None
 
+    if is_chief:  # before the Inception pass over the data: an unwritable cache fails now
+        workdir_lib.check_writable(stats_dir(config), "the FID statistics folder",
+                                   "set --config.eval.stats_dir to a folder you can write to "
+                                   "(the statistics are computed once and reused)")
     logging.info("Computing FID reference statistics of %s/%s into %s.",
                  config.data.dataset, config.eval.reference_split, path)
     mu, sigma, kid_features, num_images = compute_reference_statistics(config, params)

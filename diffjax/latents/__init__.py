@@ -8,11 +8,13 @@
 Files: autoencoder.py (the network), posterior.py (diagonal Gaussian, latent scale/shift),
 diffusers_weights.py (folders), vae.py (jitted, sharded encode/decode), first_stage.py (from a
 config), objective.py (first-stage training loss), preprocessing.py (ADM center crop, flips),
-records.py / writer.py / reader.py (latent datasets as ArrayRecord shards).
+records.py / writer.py / reader.py (latent datasets as ArrayRecord shards), text_cache.py (the
+cached text encoder outputs of text-to-image datasets).
 
-Imports: data, parallel, storage; never experiment or anything above it.
+Imports: data, parallel, storage, text; never experiment or anything above it.
 """
 
+from diffjax.latents import text_cache
 from diffjax.latents.autoencoder import AutoencoderKL
 from diffjax.latents.diffusers_weights import save_diffusers_folder
 from diffjax.latents.first_stage import (build_autoencoder, latent_scale_shift, latent_shape,
@@ -30,5 +32,5 @@ __all__ = [
     "build_autoencoder", "check_latent_metadata", "finalize", "kl_to_standard_normal",
     "latent_scale_shift", "latent_shape", "load_vae", "make_plan", "read_latent_batch",
     "read_metadata", "reconstruct", "sample_model_latents", "save_diffusers_folder",
-    "to_model_space", "vae_from_config", "write_shards",
+    "text_cache", "to_model_space", "vae_from_config", "write_shards",
 ]

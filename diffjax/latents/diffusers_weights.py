@@ -27,15 +27,16 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 # Repositories that publish only half-precision weights name them as a variant.
 WEIGHTS_FALLBACKS = ("diffusion_pytorch_model.fp16.safetensors",)
 HOW_TO_GET = ("on a machine with internet run: huggingface-cli download stabilityai/sd-vae-ft-ema "
-              "--local-dir DIR (or another diffusers AutoencoderKL repository), then copy DIR "
-              "here and pass it")
+              "--local-dir DIR (or another diffusers AutoencoderKL repository), copy DIR to this "
+              "machine and pass --config.autoencoder.pretrained=DIR (a relative DIR is inside "
+              "--workdir)")
 _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def resolve_folder(folder: str) -> str:
     """The folder holding the VAE's config.json: `folder` itself or `folder/vae`."""
     if not folder:
-        raise FileNotFoundError(f"No VAE folder given; {HOW_TO_GET} as the folder.")
+        raise FileNotFoundError(f"No VAE folder given; {HOW_TO_GET}.")
     for candidate in (folder, filesystem.join(folder, "vae")):
         if filesystem.is_file(filesystem.join(candidate, CONFIG_FILE)):
             return candidate

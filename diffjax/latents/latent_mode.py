@@ -32,8 +32,14 @@ from diffjax.storage import filesystem as fs
 AUTOENCODER_SUBDIR = "autoencoder"
 
 
-def is_latent(config) -> bool:
+def uses_cache(config) -> bool:
+    """Training reads a dataset written by --mode=encode_latents (latents, or cached pixels)."""
     return bool(config.data.get("latent_dir", ""))
+
+
+def is_latent(config) -> bool:
+    """The model lives in a first stage's latent space (not a pixel cache)."""
+    return uses_cache(config) and not config.data.get("cache_pixels", False)
 
 
 def _inside(workdir: str, path: str) -> str:
@@ -45,7 +51,7 @@ def _inside(workdir: str, path: str) -> str:
 def resolve_paths(config, workdir: str):
     """A copy of `config` whose latent paths are absolute (relative ones inside `workdir`); in
     latent mode an empty autoencoder.pretrained becomes WORKDIR/autoencoder."""
-    if not is_latent(config) and not config.autoencoder.pretrained:
+    if not uses_cache(config) and not config.autoencoder.pretrained:
         return config
     resolved = config.copy_and_resolve_references()
     with resolved.unlocked():

@@ -1,7 +1,9 @@
 """Reads a complete latent dataset as a random-access source, and checks it against a config.
 
 `LatentSource(directory)` behaves like a TFDS data source for Grain: `len`, `__getitem__`,
-`__getitems__`, records {"mean", "std" (storage dtype, [h, w, c]), "label", "index", "view"};
+`__getitems__`, records {"mean", "std" (storage dtype, [h, w, c]), "label", "index", "view"}
+(pixel caches: "image" uint8 instead of "mean"/"std"; text caches add "text_states",
+"text_mask", "text_pooled", "num_captions" and the "captions" strings, see records.py);
 record r is example r // num_views, view r % num_views (see `records.py`), so shuffling records
 draws image and flip uniformly. `read_latent_batch` stacks records for the training step, which
 draws z = (mean + std * noise - shift) * scale in-graph (`posterior.sample_model_latents`).
@@ -45,8 +47,12 @@ class LatentSource:
 
         self.directory = directory
         self.metadata = read_metadata(directory)
+        from diffjax.latents.text_cache import text_layout
+
         self.layout = records.RecordLayout(tuple(self.metadata["latent_shape"]),
-                                           self.metadata["storage_dtype"])
+                                           self.metadata["storage_dtype"],
+                                           self.metadata.get("content", "latents"),
+                                           text_layout(self.metadata.get("text")))
         paths = [filesystem.join(directory, name) for name in self.metadata["shards"]]
         missing = [p for p in paths if not filesystem.exists(p)]
         if missing:
@@ -76,11 +82,13 @@ class LatentSource:
 
 
 def read_latent_batch(source: LatentSource, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """{"mean", "std": [B, h, w, c] (storage dtype), "label": int32 [B]} of `indices`."""
+    """{"mean", "std": [B, h, w, c] (storage dtype) or "image", "label": int32 [B], and the text
+    fields of text caches} of `indices`."""
     rows = source.__getitems__([int(i) for i in indices])
-    return {"mean": np.stack([r["mean"] for r in rows]),
-            "std": np.stack([r["std"] for r in rows]),
-            "label": np.asarray([r["label"] for r in rows], np.int32)}
+    names = [n for n in ("mean", "std", "image", *records.TEXT_FIELDS) if n in rows[0]]
+    batch = {name: np.stack([r[name] for r in rows]) for name in names}
+    batch["label"] = np.asarray([r["label"] for r in rows], np.int32)
+    return batch
 
 
 def check_latent_metadata(metadata: dict[str, Any], config, *, vae=None,
@@ -94,14 +102,26 @@ def check_latent_metadata(metadata: dict[str, Any], config, *, vae=None,
     encoded the latents and uses the same scale and shift.
     """
     where = f"the latents in {config.data.latent_dir or 'data.latent_dir'}"
-    if metadata["dataset"] != config.data.dataset:
+    dataset = config.data.get("image_folder", "") or config.data.dataset
+    if metadata["dataset"] != dataset:
+        key = "image_folder" if config.data.get("image_folder", "") else "dataset"
         raise DataError(f"{where} encode dataset {metadata['dataset']!r}; set "
-                        f"--config.data.dataset={metadata['dataset']} (FID statistics and "
+                        f"--config.data.{key}={metadata['dataset']} (FID statistics and "
                         f"labels come from it) or point data.latent_dir at latents of "
-                        f"{config.data.dataset!r}.")
+                        f"{dataset!r}.")
     if metadata["resolution"] != config.data.image_size:
         raise DataError(f"{where} encode {metadata['resolution']}px images; set "
                         f"--config.data.image_size={metadata['resolution']}.")
+    pixels = bool(config.data.get("cache_pixels", False))
+    if (metadata.get("content", "latents") == "pixels") != pixels:
+        raise DataError(f"{where} hold {metadata.get('content', 'latents')}, but "
+                        f"data.cache_pixels={pixels}; set --config.data.cache_pixels="
+                        f"{not pixels} or re-encode into a new data.latent_dir.")
+    if pixels:
+        if tuple(metadata["latent_shape"])[-1] != config.data.num_channels:
+            raise DataError(f"{where} hold {metadata['latent_shape'][-1]}-channel images; set "
+                            f"--config.data.num_channels={metadata['latent_shape'][-1]}.")
+        return
     stored = tuple(metadata["latent_shape"])
     expected = tuple(model_input_shape) if model_input_shape is not None else \
         first_stage.latent_shape(config)
@@ -130,3 +150,15 @@ def check_latent_metadata(metadata: dict[str, Any], config, *, vae=None,
                 raise DataError(f"{where} were encoded with {key} {metadata[key]}, the decoding "
                                 f"VAE uses {getattr(vae, key)}; set --config.autoencoder.{key}="
                                 f"{metadata[key]}.")
+
+
+def check_first_stage(config, vae, *, required: bool) -> None:
+    """The first stage `vae` that decodes samples (or whose latents a model trains on) is the
+    one that encoded data.latent_dir: a first stage trained further since, or another VAE, is
+    one DataError naming the fix. Cheap: the latents' metadata and one hash of the VAE's
+    parameters. `required=False` (sampling) passes when the latents are gone."""
+    directory = config.data.latent_dir
+    if not required and not filesystem.exists(filesystem.join(directory,
+                                                               records.METADATA_FILE)):
+        return
+    check_latent_metadata(read_metadata(directory), config, vae=vae)

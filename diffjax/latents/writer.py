@@ -11,6 +11,10 @@ same whatever the number of processes. Nothing half-written is ever taken as com
   process finished), once every shard is there with the expected number of records.
 
 A rerun skips complete shards and rewrites incomplete ones: it continues where it stopped.
+
+Pixel-space models cache the (center-cropped) images themselves (`content="pixels"`, no VAE), and
+text-to-image datasets add the text encoder's outputs per record (`text`, see text_cache.py); the
+plan then names the encoder, its settings and the fingerprint of its weights as it names the VAE.
 Shards are written by ArrayRecord's own file layer: use a local or mounted (gcsfuse) directory
 (the JSON files go through diffjax/storage/filesystem.py).
 
@@ -39,6 +43,8 @@ from diffjax.storage import filesystem
 DEFAULT_EXAMPLES_PER_SHARD = 1000
 
 EncodeFn = Callable[[np.ndarray], tuple[Any, Any]]
+# captions of a batch of examples -> the text fields of records.TextLayout, [B, ...] each.
+TextFn = Callable[[list[list[str]]], dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +66,17 @@ class LatentPlan:
     examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD
     preprocessing: str = "adm_center_crop"
     format: str = records.FORMAT
+    content: str = "latents"  # or "pixels": uint8 images instead of posterior mean/std
+    text: dict | None = None  # text_cache.text_plan(): the encoder and the text layout
 
     def as_json(self) -> dict[str, Any]:
         value = dataclasses.asdict(self)
         value["latent_shape"] = list(self.latent_shape)
+        # Latent-only datasets keep the plan.json of earlier versions (their reruns resume).
+        if value["content"] == "latents":
+            del value["content"]
+        if value["text"] is None:
+            del value["text"]
         return value
 
     @property
@@ -72,21 +85,32 @@ class LatentPlan:
 
     @property
     def layout(self) -> records.RecordLayout:
-        return records.RecordLayout(tuple(self.latent_shape), self.storage_dtype)
+        from diffjax.latents.text_cache import text_layout
+
+        return records.RecordLayout(tuple(self.latent_shape), self.storage_dtype, self.content,
+                                    text_layout(self.text))
 
 
 def make_plan(config, vae, split: str, num_examples: int, *,
-              examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> LatentPlan:
-    """The plan of encoding `split` of config.data.dataset with `vae` (a `VAE`)."""
+              examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD,
+              text: dict | None = None) -> LatentPlan:
+    """The plan of encoding `split` of config.data.dataset with `vae` (a `VAE`; None caches the
+    images themselves), with the text plan of `text_cache.text_plan` for captioned data."""
     d = config.data
     records.storage_dtype(d.latent_dtype)
     preprocessing.check_num_views(d.latent_views)
+    size, channels = int(d.image_size), int(d.num_channels)
+    if vae is None:
+        shape, scale, shift, fingerprint, name = (size, size, channels), 1.0, 0.0, "", "pixels"
+    else:
+        shape, scale, shift = tuple(vae.latent_shape(size)), vae.scale, vae.shift
+        fingerprint, name = vae.fingerprint, vae.name
     return LatentPlan(
-        dataset=d.dataset, split=split, num_examples=int(num_examples),
-        resolution=int(d.image_size), num_channels=int(d.num_channels),
-        latent_shape=tuple(vae.latent_shape(d.image_size)), num_views=int(d.latent_views),
-        storage_dtype=d.latent_dtype, scale=vae.scale, shift=vae.shift,
-        vae_fingerprint=vae.fingerprint, vae=vae.name, examples_per_shard=examples_per_shard)
+        dataset=d.image_folder or d.dataset, split=split, num_examples=int(num_examples),
+        resolution=size, num_channels=channels, latent_shape=shape,
+        num_views=int(d.latent_views), storage_dtype=d.latent_dtype, scale=scale, shift=shift,
+        vae_fingerprint=fingerprint, vae=name, examples_per_shard=examples_per_shard,
+        content="latents" if vae is not None else "pixels", text=text)
 
 
 def _check_plan(directory: str, plan: LatentPlan) -> None:
@@ -106,13 +130,14 @@ def _check_plan(directory: str, plan: LatentPlan) -> None:
                 f"--config.data.latent_dir to a new folder or delete this one.")
 
 
-def _read_images(source, indices: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+def _read_images(source, indices: Sequence[int]
+                 ) -> tuple[list[np.ndarray], np.ndarray, list[list[str]]]:
     keys = [int(i) for i in indices]
     rows = source.__getitems__(keys) if hasattr(source, "__getitems__") else [
         source[i] for i in keys]
     images = [np.asarray(row["image"]) for row in rows]
     labels = np.asarray([int(row.get("label", 0)) for row in rows], np.int32)
-    return images, labels
+    return images, labels, [list(row.get("captions", ())) for row in rows]
 
 
 class _ShardStatistics:
@@ -138,8 +163,16 @@ class _ShardStatistics:
                 "sum_variance": self.sum_variance.tolist()}
 
 
+def _pixel_views(images: list[np.ndarray], size: int, num_views: int) -> np.ndarray:
+    """uint8 [B * num_views, size, size, C]: the center-cropped images, view by view."""
+    stacked = preprocessing.views(np.stack([preprocessing.center_crop(i, size) for i in images]),
+                                  num_views)
+    return stacked.reshape((-1,) + stacked.shape[2:])
+
+
 def _write_shard(directory: str, index: int, plan: LatentPlan, source, encode_fn: EncodeFn,
-                 batch_size: int, progress: Callable[[int], None] | None) -> None:
+                 batch_size: int, progress: Callable[[int], None] | None,
+                 text_fn: TextFn | None = None) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     count = len(plan.shards)
@@ -156,14 +189,25 @@ def _write_shard(directory: str, index: int, plan: LatentPlan, source, encode_fn
 
     def store(pending) -> None:
         nonlocal written
-        indices, labels, (mean, std) = pending
+        indices, labels, captions, result = pending
         n = len(indices) * views
-        mean = np.asarray(mean)[:n].astype(dtype)
-        std = np.asarray(std)[:n].astype(dtype)
-        stats.add(mean, std)
-        for data in layout.encode_batch(mean, std, np.repeat(labels, views),
-                                        np.repeat(indices, views),
-                                        np.tile(np.arange(views), len(indices))):
+        fields = {"label": np.repeat(labels, views), "index": np.repeat(indices, views),
+                  "view": np.tile(np.arange(views), len(indices))}
+        if plan.content == "pixels":
+            fields["image"] = result
+            x = result.astype(np.float64) / 127.5 - 1.0
+            stats.add(x, np.zeros_like(x))
+        else:
+            fields["mean"] = np.asarray(result[0])[:n].astype(dtype)
+            fields["std"] = np.asarray(result[1])[:n].astype(dtype)
+            stats.add(fields["mean"], fields["std"])
+        if text_fn is not None:  # every view of an example shares its captions
+            kept = int(plan.text["captions_per_image"])
+            captions = [texts[:kept] for texts in captions]
+            for name, values in text_fn(captions).items():
+                fields[name] = np.repeat(values, views, axis=0)
+            captions = [texts for texts in captions for _ in range(views)]
+        for data in layout.encode_rows(fields, captions):
             writer.write(data)
         written += n
         if progress is not None:
@@ -173,14 +217,18 @@ def _write_shard(directory: str, index: int, plan: LatentPlan, source, encode_fn
         pending = None
         for begin in range(start, stop, batch_size):
             indices = np.arange(begin, min(begin + batch_size, stop))
-            images, labels = _read_images(source, indices)
-            x = preprocessing.prepare_batch(images, plan.resolution, views)
-            if x.shape[0] < rows:  # one compiled shape for every batch; padding is dropped
-                x = np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)])
-            result = encode_fn(x)  # dispatched asynchronously: the next batch is read meanwhile
+            images, labels, captions = _read_images(source, indices)
+            if plan.content == "pixels":
+                result = _pixel_views(images, plan.resolution, views)
+            else:
+                x = preprocessing.prepare_batch(images, plan.resolution, views)
+                if x.shape[0] < rows:  # one compiled shape for every batch; padding is dropped
+                    x = np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:],
+                                                    x.dtype)])
+                result = encode_fn(x)  # dispatched asynchronously: the next batch is read now
             if pending is not None:
                 store(pending)
-            pending = (indices, labels, result)
+            pending = (indices, labels, captions, result)
         if pending is not None:
             store(pending)
     finally:
@@ -200,23 +248,27 @@ def pending_shards(directory: str, plan: LatentPlan, process_index: int = 0,
             or records.shard_stats_name(k, count) not in present]
 
 
-def write_shards(directory: str, source, encode_fn: EncodeFn, plan: LatentPlan, *,
+def write_shards(directory: str, source, encode_fn: EncodeFn | None, plan: LatentPlan, *,
                  batch_size: int = 64, process_index: int = 0, process_count: int = 1,
-                 progress: Callable[[int], None] | None = None) -> list[int]:
+                 progress: Callable[[int], None] | None = None,
+                 text_fn: TextFn | None = None) -> list[int]:
     """Encodes this process's missing shards; returns the shard indices it wrote.
 
     `source` is random access (len, __getitems__) with records {"image": uint8 [H, W, C],
     "label"}, as a TFDS data source. `encode_fn(x)` maps float32 [batch_size * num_views, R, R,
     C] in [-1, 1] to the posterior (mean, std) in VAE space (`vae.encode`); a fixed batch shape
-    is passed so it compiles once. `progress(n)` is called after every n images written.
+    is passed so it compiles once (None for `content="pixels"`). `text_fn(captions)` encodes
+    the records' "captions" for text plans. `progress(n)` is called after every n images written.
     """
+    if (plan.text is None) != (text_fn is None):
+        raise ValueError("write_shards needs text_fn exactly when the plan has text.")
     if len(source) != plan.num_examples:
         raise DataError(f"The split has {len(source)} examples but the plan was made for "
                         f"{plan.num_examples}; make the plan with len(source).")
     _check_plan(directory, plan)
     todo = pending_shards(directory, plan, process_index, process_count)
     for index in todo:
-        _write_shard(directory, index, plan, source, encode_fn, batch_size, progress)
+        _write_shard(directory, index, plan, source, encode_fn, batch_size, progress, text_fn)
     return todo
 
 

@@ -1,7 +1,9 @@
-"""Networks by name. Each is `net(x, noise_cond, labels, *, train) -> output like x`.
+"""Networks by name. Each is `net(x, noise_cond, labels, *, train) -> output like x`; `labels`
+is the conditioning (class ids, or for "pixart" the text encoder outputs, a dict).
 
 Networks know nothing about processes: what their output means is diffjax.diffusion's.
-Imports: nothing else of diffjax but parallel's logical-axis names (by string).
+Imports: nothing else of diffjax but parallel's logical-axis names (by string), and storage for
+the diffusers U-Net's folders (sd_unet_weights.py).
 """
 
 from __future__ import annotations
@@ -69,10 +71,29 @@ def build_dit(config) -> nn.Module:
     )
 
 
+def build_pixart(config) -> nn.Module:
+    """A text-conditional DiT (PixArt-alpha): model.dit's sizes, text from the data's encoder."""
+    from diffjax.models.dit import dit_kwargs
+    from diffjax.models.pixart import PixArt
+
+    m, d = config.model, config.model.dit
+    if d.size:
+        shape = dit_kwargs(d.size, d.patch_size)
+    else:
+        shape = dict(patch_size=d.patch_size, hidden_size=d.hidden_size, depth=d.depth,
+                     num_heads=d.num_heads)
+    if m.conditional:
+        raise ValueError("model.name='pixart' is conditioned on text, not class labels; set "
+                         "--config.model.conditional=False and --config.data.text_encoder.")
+    return PixArt(**shape, mlp_ratio=d.mlp_ratio, noise_embedding=m.noise_embedding,
+                  fourier_scale=m.fourier_scale, learn_sigma=d.learn_sigma,
+                  dtype=compute_dtype(m), remat=m.remat)
+
+
 # "unet" is the name configs used before the network became score_sde's NCSN++ exactly; it
 # builds the same network.
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit}
+    "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit, "pixart": build_pixart}
 
 
 def build_model(config) -> nn.Module:

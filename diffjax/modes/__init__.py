@@ -23,48 +23,64 @@ from diffjax.storage import filesystem as fs, workdir as workdir_lib, workdir_lo
 
 
 def _train(config, workdir: str) -> dict[str, Any]:
+    """train, or resume from the newest checkpoint in DIR (default)"""
     from diffjax.training.loop import train
 
     return train(config, workdir)
 
 
 def _train_autoencoder(config, workdir: str) -> dict[str, Any]:
+    """the first stage of latent diffusion, into DIR/autoencoder"""
     from diffjax.modes.first_stage import train_autoencoder
 
     return train_autoencoder(config, workdir)
 
 
 def _encode_latents(config, workdir: str) -> dict[str, Any]:
+    """data.split encoded by the first stage into data.latent_dir"""
     from diffjax.modes.encode_latents import encode_latents
 
     return encode_latents(config, workdir)
 
 
 def _fid_stats(config, workdir: str) -> dict[str, Any]:
+    """reference Inception statistics of eval.reference_split"""
     from diffjax.evaluation.stats import fid_stats
 
     return fid_stats(config, workdir)
 
 
 def _eval(config, workdir: str) -> dict[int, dict]:
+    """FID/KID of checkpoints (resumable; sweeps over sampler settings) or of a pipeline"""
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import evaluate_pipeline
+
+        return evaluate_pipeline(config, workdir)
     from diffjax.modes.evaluate import evaluate
 
     return evaluate(config, workdir)
 
 
 def _sample(config, workdir: str) -> dict[str, Any]:
+    """images of a checkpoint or a pipeline: a PNG grid, an .npz, optionally one PNG each"""
+    if config.pipeline.folder:
+        from diffjax.modes.pipeline import sample_pipeline
+
+        return sample_pipeline(config, workdir)
     from diffjax.modes.sample import sample
 
     return sample(config, workdir)
 
 
 def _likelihood(config, workdir: str) -> dict[str, Any]:
+    """bits/dim of eval.likelihood_split through the probability-flow ODE"""
     from diffjax.modes.likelihood import evaluate_likelihood
 
     return evaluate_likelihood(config, workdir)
 
 
 def _compile(config, workdir: str) -> dict[str, Any]:
+    """the train step (or sampler) compiled for compile.topology: memory per chip, FLOPs"""
     from diffjax.modes.compile import compile_mode
 
     return compile_mode(config, workdir)
@@ -82,6 +98,17 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
+def summaries() -> str:
+    """One line per mode, from the registry (the --help text)."""
+    return "\n".join(f"  {name:<18}{(function.__doc__ or '').strip()}"
+                     for name, function in MODES.items())
+
+
+# Modes that read a trained run: without a config they take the run's own (its config.json), and
+# a config that describes another model than the run's is refused.
+READS_A_RUN = ("sample", "eval", "likelihood")
+
+
 def _local_checkpoints(workdir: str) -> str | None:
     return fs.join(fs.absolute(workdir), "checkpoints") if fs.is_local(workdir) else None
 
@@ -91,9 +118,19 @@ WRITING_MODES = ("train", "train_autoencoder")
 
 
 def run(config, workdir: str, mode: str = "train") -> Any:
-    """Initialises multi-host JAX when needed, validates the whole config, then runs one mode."""
+    """Initialises multi-host JAX when needed, validates the whole config, then runs one mode.
+
+    `config` None: the run's own config (WORKDIR/config.json), for the modes in READS_A_RUN.
+    """
     if mode not in MODES:
         raise ValueError(f"Unknown --mode={mode!r}; choose one of {sorted(MODES)}.")
+    if config is None:
+        if mode not in READS_A_RUN:
+            raise ValueError(f"--mode={mode} needs a config; only {', '.join(READS_A_RUN)} "
+                             f"read a trained run's own.")
+        from diffjax.config.loading import load_recorded
+
+        config = load_recorded(workdir)
     if mode not in WRITING_MODES:
         preemption.release()
     logs.quiet_library_logs()
@@ -112,6 +149,9 @@ def run(config, workdir: str, mode: str = "train") -> Any:
     # Relative latent paths (data.latent_dir, autoencoder.pretrained) are inside the workdir.
     config = latent_mode.resolve_paths(config, workdir)
     try:
+        # Before anything is built (train checks when it resumes); a pipeline is no run.
+        if mode in READS_A_RUN and not config.pipeline.folder:
+            workdir_lib.check_same_model(fs.absolute(workdir), config)
         preflight.validate(config, mode)
         result = MODES[mode](config, workdir)
         peers.stop_watchdog()

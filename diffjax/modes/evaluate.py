@@ -15,6 +15,11 @@ fold_in(base, i), and base is the same for every checkpoint, so (1) a resumed ev
 uninterrupted one image for image, (2) FID differences between checkpoints and settings are not
 blurred by different noise.
 
+Text models (data.text_encoder): FID samples are drawn from cached dataset captions (records in a
+seeded order, no encoder needed), and the report adds prompt following
+(`diffjax.evaluation.prompt_following`: a digit classifier's accuracy on samples from prompts
+naming digits; CLIP score with eval.clip_model), with a grid of the prompt samples.
+
 Output: one JSON line per (checkpoint, setting) as it finishes, and a table at the end.
 Checkpoints that cannot be read (damaged, or deleted by training's retention while being loaded)
 are skipped and reported, never fatal; their leftover sample chunks are removed.
@@ -37,14 +42,15 @@ from diffjax.evaluation.reports import ReportStore, format_table, summary_line
 from diffjax.evaluation.sample_quality import FID_METHOD, sample_metrics
 from diffjax.evaluation.settings import EvalSetting, settings_from_config
 from diffjax.evaluation.stats import reference_statistics
-from diffjax.experiment import build_experiment, load_first_stage
+from diffjax.experiment import build_experiment, is_guided, load_first_stage
+from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.outputs import images
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel.distributed import broadcast_from_chief
 from diffjax.runtime.console import progress_bar
 from diffjax.sampling.generate import draw_batch, make_generate_fn
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 
 # Noise of evaluation samples; distinct from training grids (0x5A3) and --mode=sample (0x5A4).
@@ -156,6 +162,26 @@ class Evaluator:
             os.path.basename(self.reference.path) if self.reference else "")
         self._generators: dict[str, Callable] = {}
         self.writer = create_writer(self.store.out_dir, self.config, is_chief=_is_chief())
+        self.text = text_cache.is_text(self.config)
+        self.clip_scorer = self.prompt_following = None
+        if self.text:
+            from diffjax.evaluation.prompt_following import PromptFollowing
+
+            if self.config.eval.clip_model:
+                from diffjax.text.clip_vision import CLIPScorer
+
+                self.clip_scorer = CLIPScorer(self.config.eval.clip_model)
+            self.prompt_following = PromptFollowing(self.config, self.clip_scorer)
+
+    def text_conditions(self, c, index: int, batch_size: int):
+        """Cached captions' conditioning of FID chunk `index` (records in a seeded order)."""
+        from diffjax.latents import read_metadata
+        from diffjax.sampling.prompts import cached_conditions
+
+        size = int(read_metadata(c.data.latent_dir)["num_records"])
+        order = np.random.default_rng(int(c.seed)).permutation(size)
+        rows = order[(index * batch_size + np.arange(batch_size)) % size]
+        return cached_conditions(c.data.latent_dir, rows)
 
     def close(self) -> None:
         self.writer.flush()
@@ -175,7 +201,9 @@ class Evaluator:
 
     def restore(self, step: int, use_ema: bool):
         """The sampling parameters of `step`, or the reason they cannot be read."""
-        result = self.checkpointer.try_restore(self.experiment.spec, step)
+        result = self.checkpointer.try_restore(
+            self.experiment.spec, step,
+            workdir_lib.explain_differences(self.checkpointer.workdir, self.config))
         if isinstance(result, str):
             return result
         state, _ = result
@@ -201,7 +229,8 @@ class Evaluator:
             self._sample_chunks(step, setting, params, sizes, first, last, chunk_store, chunks)
         if last < len(sizes):
             return None
-        report = self._finish(step, setting, chunks, chunk_store) if chief else None
+        extra = self._prompt_following(step, setting, params) if self.text else {}
+        report = self._finish(step, setting, chunks, chunk_store, extra) if chief else None
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"diffjax eval step {step} {slug}")
         return report
@@ -216,12 +245,16 @@ class Evaluator:
         with self.experiment.activate():
             for index in range(first, last):
                 start = time.perf_counter()
+                cond, captions = self.text_conditions(c, index, int(c.eval.batch_size)) \
+                    if self.text else (None, None)
                 pixels, labels, nfe = draw_batch(c, generate, params,
                                                  jax.random.fold_in(base, index),
-                                                 int(c.eval.batch_size))
+                                                 int(c.eval.batch_size), labels=cond)
                 chunk = {"images": pixels[:sizes[index]], "nfe": np.int64(nfe),
                          "seconds": np.float64(time.perf_counter() - start)}
-                if labels is not None:
+                if captions is not None:
+                    chunk["captions"] = np.asarray(captions[:sizes[index]])
+                elif labels is not None:
                     chunk["labels"] = labels[:sizes[index]]
                 if chief:
                     chunk_store.save(index, chunk)
@@ -229,7 +262,23 @@ class Evaluator:
                 progress.update(sizes[index])
         progress.close()
 
-    def _finish(self, step, setting, chunks, chunk_store) -> dict:
+    def _prompt_following(self, step, setting, params) -> dict:
+        """Prompt-following metrics of a text model (sampled on every process)."""
+        c = setting.config
+        with self.experiment.activate():
+            drawn = self.prompt_following.sample(self.generator(setting), params,
+                                                 int(c.eval.batch_size))
+        if drawn is None:
+            return {}
+        pixels, index = drawn
+        metrics = self.prompt_following.score(pixels, index)
+        if _is_chief():
+            path = self.store.grid_path(step, self.slug(setting)).replace(".png", "_prompts.png")
+            images.save_png(path, images.make_grid(pixels[:GRID_IMAGES]))
+            metrics["prompt_grid"] = path
+        return metrics
+
+    def _finish(self, step, setting, chunks, chunk_store, extra: dict | None = None) -> dict:
         c = setting.config
         slug = self.slug(setting)
         pixels = np.concatenate([chunk["images"] for chunk in chunks])
@@ -238,10 +287,14 @@ class Evaluator:
         start = time.perf_counter()
         metrics = sample_metrics(c, pixels, self.reference, self.inception_params,
                                  progress=f"Inception features, step {step}")
+        metrics.update(extra or {})
+        if self.clip_scorer is not None and "captions" in chunks[0]:
+            captions = [str(t) for chunk in chunks for t in chunk["captions"]]
+            metrics["clip_score"] = self.clip_scorer.score(pixels, captions)
         metrics_seconds = time.perf_counter() - start
         nfes = [int(chunk["nfe"]) for chunk in chunks]
         sampling_seconds = float(sum(float(chunk["seconds"]) for chunk in chunks))
-        conditional = bool(c.model.conditional)
+        conditional = is_guided(c)
         report = {
             "step": step, "setting": slug, "overrides": dict(setting.overrides), **metrics,
             # Adaptive samplers take a different number of steps per chunk: report the mean.
@@ -257,8 +310,9 @@ class Evaluator:
         }
         grid = _grid(pixels, labels)
         images.save_png(self.store.grid_path(step, slug), grid)
-        scalars = {f"{k}/{slug}": report[k] for k in ("fid", "kid", "is", "nfe", "seconds")
-                   if report[k] is not None}
+        scalars = {f"{k}/{slug}": report[k] for k in ("fid", "kid", "is", "nfe", "seconds",
+                                                      "prompt_accuracy", "clip_score")
+                   if report.get(k) is not None}
         self.writer.write_scalars(step, scalars)
         self.writer.write_images(step, {f"samples/{slug}": grid[None]})
         self.writer.flush()
@@ -295,6 +349,9 @@ def evaluate(config, workdir: str, *, out_dir: str | None = None,
     workdir = fs.absolute(workdir)
     config = resolve_paths(config, workdir)
     store = ReportStore(fs.absolute(out_dir) if out_dir else fs.join(workdir, "eval"))
+    if _is_chief():  # reports, samples and TensorBoard go there: a read-only workdir fails now
+        workdir_lib.check_writable(store.out_dir, "the evaluation folder",
+                                   workdir_lib.READ_ONLY_RUN_FIX)
     settings = settings_from_config(config)
     selection = str(config.eval.checkpoints).strip().lower()
     watching = selection == "watch"

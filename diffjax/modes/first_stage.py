@@ -16,8 +16,9 @@ import jax
 import numpy as np
 
 from diffjax import data as data_lib
+from diffjax.experiment import load_first_stage
 from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config,
-                                         load_first_stage, publish_latent_space, resolve_paths)
+                                         publish_latent_space, resolve_paths)
 from diffjax.storage import filesystem as fs
 
 SCALE_IMAGES = 1000  # images over which the latent std is measured

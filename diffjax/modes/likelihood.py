@@ -3,11 +3,14 @@
 Each global batch of the split (in order) is split over processes exactly like training batches,
 and every example gets an in-graph adaptive PF-ODE solve with a Hutchinson trace estimate
 (`diffjax.evaluation.likelihood`). The last batch is padded and the padding masked out, so one compiled
-function serves the whole split. Writes WORKDIR/eval/likelihood_<step>.json.
+function serves the whole split. Writes WORKDIR/eval/likelihood_<step>_<split>_<hash>.json: the
+name carries every setting that changes the number (split, examples, batch, solver and its
+tolerances, weights, seed), so a run with other settings never overwrites another's report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -23,7 +26,7 @@ from diffjax.experiment import build_experiment, open_checkpoints, restore_param
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
 from diffjax.runtime.console import progress_bar
-from diffjax.storage import filesystem as fs
+from diffjax.storage import filesystem as fs, workdir as workdir_lib
 
 
 def _local_batches(config, split: str, global_batch: int, max_examples: int):
@@ -38,7 +41,23 @@ def _local_batches(config, split: str, global_batch: int, max_examples: int):
         yield read_records(source, np.where(valid, indices, 0)), valid
 
 
+def report_name(config, step: int, global_batch: int) -> str:
+    """likelihood_<step>_<split>_<hash of the settings>: one file per way of measuring."""
+    e, s = config.eval, config.sampling
+    settings = {"split": e.likelihood_split, "max_examples": int(e.likelihood_max_examples),
+                "global_batch": int(global_batch), "solver": s.solver, "rtol": float(s.rtol),
+                "atol": float(s.atol), "max_steps": int(s.max_steps), "use_ema": bool(s.use_ema),
+                "seed": int(config.seed), "centered": bool(config.data.centered)}
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(),
+                             digest_size=3).hexdigest()
+    split = "".join(c if c.isalnum() else "-" for c in str(e.likelihood_split)).strip("-")
+    return f"likelihood_{step}_{split}_{digest}"
+
+
 def evaluate_likelihood(config, workdir: str) -> dict:
+    if jax.process_index() == 0:  # before the (long) solves: a read-only workdir fails now
+        workdir_lib.check_writable(fs.join(workdir, "eval"), "the evaluation folder",
+                                   workdir_lib.READ_ONLY_RUN_FIX)
     experiment = build_experiment(config)
     e_cfg, s_cfg = config.eval, config.sampling
     parallel = batch_axis_size(experiment.mesh)
@@ -96,7 +115,8 @@ def evaluate_likelihood(config, workdir: str) -> dict:
         "seconds": time.perf_counter() - start_time,
     }
     if jax.process_index() == 0:
-        path = fs.write_atomic(fs.join(workdir, "eval", f"likelihood_{step}.json"),
+        name = report_name(config, step, global_batch)
+        path = fs.write_atomic(fs.join(workdir, "eval", f"{name}.json"),
                                json.dumps(report, indent=2) + "\n")
         print(f"bits/dim@step {step} = {report['bpd']:.4f} ± {report['bpd_stderr'] or 0:.4f} "
               f"({values.size} {e_cfg.likelihood_split} images, {report['nfe_mean']:.0f} NFE "

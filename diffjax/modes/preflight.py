@@ -23,7 +23,6 @@ import difflib
 import re
 
 import jax
-import jax.numpy as jnp
 
 from diffjax.config.checks import ConfigError, check_ranges, fail
 from diffjax.storage import filesystem as fs
@@ -68,7 +67,7 @@ def check_data(config, mode: str) -> None:
     if mode == "likelihood":
         wanted = [config.eval.likelihood_split]
     for split in wanted:
-        if split not in splits:
+        if split.split("[")[0] not in splits:  # TFDS slices ("train[:64]") are splits too
             key = "eval.likelihood_split" if mode == "likelihood" else "data.split"
             fail(key, split, f"is not a split of {name!r} (it has {splits})",
                  f"set --config.{key} to one of them")
@@ -122,6 +121,7 @@ def trace_train_step(config, experiment) -> None:
 def check_latent_mode(config, mode: str) -> None:
     """The first stage exists and, for training, the latent dataset fits the config."""
     from diffjax.latents import latent_mode
+    from diffjax.latents.first_stage import is_diffjax_run
 
     if mode == "likelihood":
         fail("data.latent_dir", config.data.latent_dir, "is set, and bits/dim of latents are "
@@ -130,7 +130,7 @@ def check_latent_mode(config, mode: str) -> None:
         fail("sampling.inpaint", config.sampling.inpaint, "masks pixels, but this model "
              "samples latents", "inpaint with a pixel-space model")
     path = config.autoencoder.pretrained
-    if not latent_mode.is_diffjax_run(path) and not fs.exists(path):
+    if not is_diffjax_run(path) and not fs.exists(path):
         hint = ("train it first: --mode=train_autoencoder with the same --workdir"
                 if path.rstrip("/").endswith(latent_mode.AUTOENCODER_SUBDIR) else
                 "point --config.autoencoder.pretrained at a diffusers AutoencoderKL folder "
@@ -144,13 +144,70 @@ def check_latent_mode(config, mode: str) -> None:
                               model_input_shape=shape)
 
 
+def check_text_mode(config, mode: str) -> None:
+    """Text models: one kind of conditioning, a network that takes text, captions to read, and
+    (training, sampling) a complete cache of this encoder's outputs."""
+    from diffjax.latents import latent_mode, read_metadata, text_cache
+
+    d = config.data
+    if mode == "likelihood":
+        fail("data.text_encoder", d.text_encoder, "is set, and bits/dim of text models are not "
+             "implemented", "use --mode=likelihood on an unconditional or class model")
+    if config.model.conditional:
+        fail("model.conditional", True, f"asks for class labels, but data.text_encoder="
+             f"{d.text_encoder!r} conditions on text", "set --config.model.conditional=False")
+    if config.model.name != "pixart":
+        fail("model.name", config.model.name, "takes no text conditioning",
+             "use --config.model.name=pixart with data.text_encoder")
+    if d.captions_per_image < 1:
+        fail("data.captions_per_image", d.captions_per_image, "must be >= 1", "set it to 1 or more")
+    if not 0.0 <= config.training.caption_dropout <= 1.0:
+        fail("training.caption_dropout", config.training.caption_dropout, "must be in [0, 1]",
+             "set it to e.g. 0.1")
+    if config.training.caption_null not in text_cache.NULL_KINDS:
+        fail("training.caption_null", config.training.caption_null, "is not a null caption",
+             f"use one of {list(text_cache.NULL_KINDS)}")
+    if not latent_mode.uses_cache(config):
+        fail("data.latent_dir", "", "is empty, but a text model trains on cached text-encoder "
+             "outputs", "set it (e.g. latents) and run --mode=encode_latents first")
+    try:
+        length = text_cache.conditioning_shapes(config)[0]  # the encoder's files exist
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config.data.text_encoder={d.text_encoder!r}: {error}") from None
+    if d.text_encoder == "clip" and d.text_max_length not in (0, length):
+        fail("data.text_max_length", d.text_max_length, f"differs from the CLIP tokenizer's "
+             f"{length} tokens", "set it to 0 (CLIP's own length)")
+    if mode == "eval" and d.image_folder and not config.eval.reference_stats:
+        fail("eval.reference_stats", "", "is empty, and the FID of an image-folder dataset "
+             "needs reference statistics", "pass an .npz with mu and sigma of its images")
+    if mode == "encode_latents":
+        if d.image_folder:
+            if not fs.is_dir(d.image_folder):
+                fail("data.image_folder", d.image_folder, "is not a folder",
+                     "point it at the captioned images")
+        elif not d.caption_key:
+            fail("data.caption_key", "", f"is empty, so {d.dataset!r} gives no captions",
+                 "name its text feature (e.g. captions/text) or set data.image_folder")
+        else:
+            from diffjax import data as data_lib
+
+            features = data_lib.dataset_builder(d).info.features
+            top = d.caption_key.split("/")[0]
+            if top not in features:
+                fail("data.caption_key", d.caption_key, f"is not a feature of {d.dataset!r} "
+                     f"(it has {sorted(features)})", "name its text feature")
+        return
+    if mode in ("train", "sample", "eval"):
+        text_cache.check_text(read_metadata(d.latent_dir), config)
+
+
 def trace_sampler(config, experiment, batch_size: int) -> None:
     from diffjax import sampling
-    from diffjax.experiment import score_fn_for
+    from diffjax.experiment import example_condition, is_guided, score_fn_for
     from diffjax.sampling.generate import image_shape
 
-    labels = jnp.zeros((batch_size,), jnp.int32) if config.model.conditional else None
-    guidance = float(config.sampling.guidance_scale) if config.model.conditional else 1.0
+    labels = example_condition(config, batch_size)
+    guidance = float(config.sampling.guidance_scale) if is_guided(config) else 1.0
 
     def generate(params, rng):
         score_fn = score_fn_for(config, experiment.model, experiment.sde, params, labels=labels,
@@ -217,12 +274,16 @@ def validate(config, mode: str):
     from diffjax.experiment import build_experiment
 
     check_ranges(config)
+    if config.pipeline.folder:
+        return check_pipeline(config, mode)
     check_eval_selection(config)
     if mode == "compile":
         return check_compile(config)
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
              "set it to the number of classes")
+    if mode in ("sample", "eval"):
+        check_conditioning(config, mode)
     if mode == "train_autoencoder":
         from diffjax.latents.latent_mode import autoencoder_training_config
 
@@ -232,22 +293,38 @@ def validate(config, mode: str):
         check_batch_divisibility(ae_config, experiment.mesh)
         trace_train_step(ae_config, experiment)
         return experiment
-    from diffjax.latents.latent_mode import is_latent
+    from diffjax.latents.latent_mode import is_latent, uses_cache
+    from diffjax.latents.text_cache import is_text
 
     # A latent run trains without the image dataset (the latents name it); evaluation needs it
-    # only to compute reference statistics that eval.reference_stats does not provide.
-    needs_images = not (is_latent(config) and mode in ("train", "sample")) and \
-        not (mode == "eval" and config.eval.reference_stats)
+    # only to compute reference statistics that eval.reference_stats does not provide; sampling
+    # only to inpaint (a converted checkpoint samples without its training data).
+    needs_images = not (uses_cache(config) and mode in ("train", "sample")) and \
+        not (mode == "eval" and config.eval.reference_stats) and \
+        not (mode == "sample" and not config.sampling.inpaint) and \
+        not (mode == "encode_latents" and config.data.image_folder)
     if needs_images:
         check_data(config, mode)
-    if is_latent(config) or mode == "encode_latents":
+    if is_text(config):
+        check_text_mode(config, mode)
+    elif config.model.name == "pixart":
+        fail("model.name", "pixart", "is conditioned on text, but data.text_encoder is empty",
+             "set --config.data.text_encoder (e.g. minilm) and encode the captions")
+    if is_latent(config) or (mode == "encode_latents" and not config.data.cache_pixels):
         if not config.data.latent_dir:
             fail("data.latent_dir", "", "is empty", "set it to where the latents go")
         check_latent_mode(config, mode)
+    elif uses_cache(config) and mode == "train":
+        from diffjax.latents import check_latent_metadata, read_metadata
+
+        check_latent_metadata(read_metadata(config.data.latent_dir), config)
     if mode in ("fid_stats", "encode_latents"):
         return None
     experiment = build_experiment(config)
     if mode in MODES_TRAINING:
+        if config.training.eps == 0 and not experiment.sde.allows_zero_eps:
+            fail("training.eps", 0.0, f"puts training times at t = 0, where the "
+                 f"{config.sde.name} process has no noise", "set it > 0 (e.g. 1e-5)")
         check_batch_divisibility(config, experiment.mesh)
         trace_train_step(config, experiment)
     if mode in MODES_SAMPLING:
@@ -274,15 +351,70 @@ def _sampling_variants(config, mode: str) -> list:
         raise ConfigError(str(error)) from None
 
 
+def check_conditioning(config, mode: str) -> None:
+    """sampling.labels or guidance on an unconditional model (every point of eval.sweep)."""
+    from diffjax.sampling.run import refuse_unused_conditioning
+
+    for variant in _sampling_variants(config, mode):
+        try:
+            refuse_unused_conditioning(variant, labels=mode == "sample")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def check_sample_mode(config) -> None:
     from diffjax.diffusion.masks import load_mask
     from diffjax.sampling import inpainting
     from diffjax.sampling.generate import requested_labels
 
     requested_labels(config, int(config.sampling.num_samples))
+    from diffjax.latents.text_cache import is_text
+
+    if is_text(config):
+        from diffjax.sampling.prompts import read_prompts
+
+        if config.sampling.inpaint:
+            fail("sampling.inpaint", config.sampling.inpaint, "is not implemented for text "
+                 "models", "sample without it")
+        read_prompts(config.sampling.prompts, "sampling.prompts", allow_empty=True)
     if config.sampling.inpaint:
         load_mask(config.sampling.inpaint, config.data.image_size)
         methods = sorted(inpainting.INPAINT_METHODS)
         if config.sampling.method not in methods:
             fail("sampling.method", config.sampling.method, "cannot inpaint (replacement needs "
                  "fresh noise at every step)", f"use one of {methods} with sampling.inpaint")
+
+
+PIPELINE_MODES = ("sample", "eval")
+
+
+def check_pipeline(config, mode: str) -> None:
+    """A pretrained pipeline: the folder loads (classes, components, scheduler), prompts given,
+    the image size fits the VAE; for eval, the reference data as for checkpoints."""
+    from diffjax.latents.diffusers_weights import read_config
+    from diffjax.modes.pipeline import read_prompts
+    from diffjax.pipelines import read_pipeline_folder
+    from diffjax.pipelines.schedulers import SCHEDULERS, load_scheduler
+
+    p = config.pipeline
+    if mode not in PIPELINE_MODES:
+        fail("pipeline.folder", p.folder, f"is a pretrained pipeline, which --mode={mode} does "
+             f"not take", "use --mode=sample or --mode=eval, or unset pipeline.folder")
+    layout = read_pipeline_folder(p.folder)
+    load_scheduler(p.folder)
+    if p.scheduler and p.scheduler not in SCHEDULERS:
+        fail("pipeline.scheduler", p.scheduler, "is not a supported scheduler",
+             f"use one of {sorted(SCHEDULERS)} or '' for the folder's")
+    if p.dtype not in ("float32", "bfloat16"):
+        fail("pipeline.dtype", p.dtype, "is not a compute dtype", "use float32 or bfloat16")
+    factor = 2 ** (len(read_config(layout.component("vae"))["block_out_channels"]) - 1)
+    for key in ("height", "width"):
+        if int(p[key]) % factor:
+            fail(f"pipeline.{key}", p[key], f"is not a multiple of the VAE's factor {factor}",
+                 f"use a multiple of {factor} (or 0 for the folder's default)")
+    if mode == "sample":
+        read_prompts(config.sampling.prompts, "sampling.prompts")
+    else:
+        read_prompts(config.eval.prompts, "eval.prompts")
+        if not config.eval.reference_stats:
+            check_data(config, mode)

@@ -5,6 +5,10 @@ DIFFJAX_PROCESS_ID, set by `launch/local.sh` or the --coordinator_address/... fl
 JAX's own cluster detection (TPU VM metadata, SLURM, Open MPI, GKE), which `initialize()` with no
 arguments performs. A single process on a workstation needs none of it.
 
+With an explicit coordinator, process 0 runs JAX's coordination service in a helper process
+(`coordinator.py`), so that the other processes survive process 0's death long enough to exit
+with one line instead of JAX's abort.
+
 DIFFJAX_DISTRIBUTED=auto (set by launch/tpu_vm.sh, xpk.sh, slurm.sbatch) asks for that detection
 even where diffjax sees no sign of a cluster: a TPU VM slice names its workers only in the GCE
 metadata server. DIFFJAX_LOCAL_DEVICE_IDS=0,1,... gives one process several local GPUs (SLURM
@@ -13,12 +17,14 @@ with one task per node); JAX's SLURM detection otherwise assumes one GPU per tas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import jax
 
 from diffjax.parallel import peers
+from diffjax.parallel.coordinator import CoordinatorProcess
 
 _ENV_ADDRESS = "DIFFJAX_COORDINATOR_ADDRESS"
 _ENV_NUM = "DIFFJAX_NUM_PROCESSES"
@@ -48,9 +54,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         if os.environ.get(_ENV_CPU_COLLECTIVES):
             jax.config.update("jax_cpu_collectives_implementation",
                               os.environ[_ENV_CPU_COLLECTIVES])
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   heartbeat_timeout_seconds=peers.HEARTBEAT_TIMEOUT_S)
+        with _service_in_helper_process(process_id == 0):
+            jax.distributed.initialize(coordinator_address=coordinator_address,
+                                       num_processes=num_processes, process_id=process_id,
+                                       heartbeat_timeout_seconds=peers.HEARTBEAT_TIMEOUT_S)
         if os.environ.get(_ENV_CPU_COLLECTIVES):
             # XLA:CPU cache keys differ between processes and only process 0 writes entries, so
             # on a rerun process 0 loads its programs in seconds while the others compile for
@@ -66,6 +73,38 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return
     peers.register()
     logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())
+
+
+class _JaxlibWithHelperService:
+    """jaxlib's module as `jax.distributed` sees it, except that the coordination service it
+    starts runs in a helper process. (JAX 0.10.2's State.initialize calls
+    `_jax.get_distributed_runtime_service` when process_id == 0 and `.shutdown()` on the result
+    after the shutdown barrier; both keep working.)"""
+
+    def __init__(self, jaxlib_module):
+        self._jaxlib = jaxlib_module
+
+    def __getattr__(self, name):
+        return getattr(self._jaxlib, name)
+
+    @staticmethod
+    def get_distributed_runtime_service(address, num_nodes, **options):
+        return CoordinatorProcess(address, num_nodes, **options)
+
+
+@contextlib.contextmanager
+def _service_in_helper_process(enabled: bool):
+    from jax._src import distributed as jax_distributed
+
+    jaxlib_module = getattr(jax_distributed, "_jax", None)
+    if not enabled or jaxlib_module is None:  # another JAX: its own service, as before
+        yield
+        return
+    jax_distributed._jax = _JaxlibWithHelperService(jaxlib_module)
+    try:
+        yield
+    finally:
+        jax_distributed._jax = jaxlib_module
 
 
 def initialize_from_environment() -> None:

@@ -4,7 +4,9 @@ When a process dies (SIGKILL, OOM, a host failure), the survivors learn it in on
 - at once, inside the next collective: gloo (CPU) or NCCL/ICI report a closed connection and JAX
   raises a runtime error from the step; or
 - after `HEARTBEAT_TIMEOUT_S` without heartbeats, from JAX's coordination service, which then
-  aborts every process (a C++ check failure; jaxlib 0.10.2 offers no Python hook for it).
+  aborts every process (the agent's C++ LOG(QFATAL); jaxlib 0.10.2 offers no Python hook for
+  it, see coordinator.py). Process 0 is no exception as long as the service outlives it, which
+  is why an explicit coordinator runs the service in a helper process (coordinator.py).
 The first path is the common one in training (every step all-reduces gradients), so diffjax
 turns it into one line that names the lost process and exits at once with EXIT_LOST_PROCESS,
 skipping the shutdown barrier that would otherwise wait for the dead process and then abort.
@@ -158,10 +160,11 @@ def lost_processes(error: BaseException) -> list[int]:
 
 
 def describe(index: int) -> str:
+    role = ", the coordinator" if index == 0 else ""  # JAX's service lives with process 0
     record = _PEERS.get(index)
     if not record:
-        return f"process {index}"
-    return f"process {index} (pid {record['pid']} on {record['host']})"
+        return f"process {index}{role}"
+    return f"process {index}{role} (pid {record['pid']} on {record['host']})"
 
 
 def lost_process_error(error: BaseException, checkpoints: str | None,

@@ -25,6 +25,7 @@ Imports: nothing of diffjax (libtpu only when a TPU slice is asked for).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -150,11 +151,8 @@ def parse(name: str) -> tuple[Chip, tuple[int, ...]]:
 
 
 def libtpu_available() -> bool:
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the libtpu wheel is installed (found without loading it)."""
+    return importlib.util.find_spec("libtpu") is not None
 
 
 def accelerator_type(chip: Chip, chips: int) -> str:

@@ -52,6 +52,13 @@ def describe_flag_error(error: BaseException, argv: list[str],
     return _one_line(text)
 
 
+def usage_error(text: str) -> None:
+    """A command line that cannot run: one line on stderr, exit 2 (absl prints its whole usage
+    text for `app.UsageError`)."""
+    sys.stderr.write(f"diffjax: error: {_one_line(text)}\n")
+    sys.exit(EXIT_BAD_FLAGS)
+
+
 HELP_FLAGS = {"-h": False, "-?": False, "--help": False, "--helpshort": False, "--helpfull": True}
 
 

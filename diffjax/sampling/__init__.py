@@ -31,9 +31,16 @@ per-example Langevin step sizes); the only cross-example quantities anywhere are
 ODE's scalar error norm and the Langevin step's batch-mean norms. Jitting a sampler with a
 batch-sharded output keeps the whole loop sharded.
 
-`generate.py` turns an experiment's network into the jitted sampling function every mode uses.
-Imports: diffusion (processes, parameterisations), experiment (generate.py), latents, data,
-parallel; never training, evaluation or the modes.
+On a discrete DDPM schedule, with the raw network and per-step tables (diffusers' schedulers,
+built by diffjax.pipelines.schedulers): `ddim_discrete` (ddim_sampler.py), `euler_discrete`
+(edm_sampler.py), `dpm_solver_discrete` (dpm_solver_multistep.py), `plms_discrete`
+(plms_sampler.py); each can record a `Trajectory` of every network call.
+
+`generate.py` turns an experiment's network into the jitted sampling function every mode uses;
+`run.py` is a trained run loaded from its workdir (`diffjax.load(workdir).sample(16)`).
+Imports: diffusion (processes, parameterisations), experiment (generate.py, run.py), latents,
+data, parallel, config and storage (run.py: the run's config.json); never training, evaluation
+or the modes.
 """
 
 from __future__ import annotations

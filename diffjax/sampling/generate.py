@@ -3,7 +3,9 @@
 
 `make_generate_fn` returns `generate(params, rng, labels) -> (samples, nfe)`; the batch of noise
 is created sharded over the data axes of the mesh, so the whole sampler runs data-parallel and
-never gathers to one device until the caller asks for the images.
+never gathers to one device until the caller asks for the images. `labels` is the conditioning
+pytree of `diffjax.experiment` (class ids, text encoder outputs, or None); every leaf is padded
+and sharded along its batch axis like the noise.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from jax.sharding import Mesh
 from diffjax import data as data_lib, sampling
 from diffjax.diffusion.guidance import grid_labels
 from diffjax.diffusion.processes import LinearSDE
-from diffjax.experiment import score_fn_for
+from diffjax.experiment import is_guided, score_fn_for
 from diffjax.latents.latent_mode import is_latent, model_input_shape
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
@@ -44,15 +46,18 @@ def _padded_size(mesh: Mesh, batch_size: int) -> int:
     return -(-batch_size // parallel) * parallel
 
 
-def _on_devices(mesh: Mesh, array, padded: int):
-    """`array` zero-padded along the batch to `padded` rows and split over the mesh (None stays
-    None)."""
-    if array is None:
-        return None
-    array = jnp.asarray(array)
-    if array.shape[0] != padded:
-        array = jnp.pad(array, ((0, padded - array.shape[0]),) + ((0, 0),) * (array.ndim - 1))
-    return jax.device_put(array, batch_sharding(mesh))
+def _on_devices(mesh: Mesh, tree, padded: int):
+    """Every array of `tree` zero-padded along the batch to `padded` rows and split over the
+    mesh (None stays None)."""
+
+    def place(array):
+        array = jnp.asarray(array)
+        if array.shape[0] != padded:
+            array = jnp.pad(array, ((0, padded - array.shape[0]),) +
+                            ((0, 0),) * (array.ndim - 1))
+        return jax.device_put(array, batch_sharding(mesh))
+
+    return None if tree is None else jax.tree.map(place, tree)
 
 
 def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
@@ -67,7 +72,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     sampling_config = sampling_config or config.sampling
     padded = _padded_size(mesh, batch_size)
     shape = image_shape(config, padded)
-    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
+    guidance = float(sampling_config.guidance_scale) if is_guided(config) else 1.0
 
     def generate(params, decoder_params, rng, labels):
         score_fn = score_fn_for(config, model, sde, params, labels=labels,
@@ -105,7 +110,7 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     """
     sampling_config = sampling_config or config.sampling
     padded = _padded_size(mesh, batch_size)
-    guidance = float(sampling_config.guidance_scale) if config.model.conditional else 1.0
+    guidance = float(sampling_config.guidance_scale) if is_guided(config) else 1.0
     options = sampling.sampler_options(sampling_config)  # the method's own keys only
 
     def inpaint(params, rng, labels, x_known, mask):
@@ -127,30 +132,35 @@ def make_inpaint_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
 
 def sample_labels(config, rng: jax.Array, batch_size: int) -> jax.Array | None:
     """Uniformly random class labels for conditional models, None otherwise."""
+    if is_guided(config) and not config.model.conditional:
+        raise ValueError("A text model samples from prompts: pass their encoding as labels "
+                         "(diffjax.sampling.prompts).")
     if not config.model.conditional:
         return None
     return jax.random.randint(rng, (batch_size,), 0, config.data.num_classes, jnp.int32)
 
 
 def draw_batch(config, generate, params, rng: jax.Array, batch_size: int,
-               labels: np.ndarray | None = None, extra_inputs: tuple = ()
+               labels=None, extra_inputs: tuple = ()
                ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """(uint8 images [B, H, W, C], int32 labels [B] or None, NFE), the same on every process.
 
-    Conditional models get `labels`, or uniformly random ones; `extra_inputs` are passed on to
+    Class-conditional models get `labels`, or uniformly random ones; text models get `labels`
+    (their conditioning pytree, which is returned as given); `extra_inputs` are passed on to
     `generate` after the labels (inpainting's known images and mask).
     """
     sample_rng, label_rng = jax.random.split(rng)
     if labels is None:
         labels = sample_labels(config, label_rng, batch_size)
-    elif not config.model.conditional:
+    elif not is_guided(config):
         labels = None
     samples, nfe = generate(params, sample_rng, labels, *extra_inputs)
     # Each process holds only its devices' rows; tiled gathering rebuilds the global batch.
     samples = multihost_utils.process_allgather(samples, tiled=True)
     centered, dequantize = pixel_range(config)
     pixels = data_lib.from_model_range(samples, centered=centered, dequantize=dequantize)
-    labels = None if labels is None else np.asarray(labels, np.int32)
+    if labels is not None and not isinstance(labels, dict):
+        labels = np.asarray(labels, np.int32)
     return pixels, labels, int(jax.device_get(nfe))
 
 

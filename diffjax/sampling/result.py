@@ -1,6 +1,11 @@
 """What every sampler returns, and the pieces every sampler shares: per-example time arrays, the
 model's predictions, and the optional final Tweedie denoising step.
 
+The samplers on a discrete schedule (`ddim_discrete`, `euler_discrete`, `dpm_solver_discrete`,
+`plms_discrete`: diffusers' schedulers, see diffjax.pipelines.schedulers) call a raw network
+`model_fn(x_in, t) -> output` themselves, read its output through `output_prediction`, and can
+record a `Trajectory` of every call.
+
 NFE bookkeeping rule: `nfe` counts calls of the network on the batch. It is a Python int known at
 trace time for the fixed-step samplers and a traced count for the adaptive one; either way it is
 returned as an int32 array so that all samplers have the same output type.
@@ -13,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.parameterization import Prediction, as_model_fn
-from diffjax.diffusion.processes import LinearProcess
+from diffjax.diffusion.parameterization import Coeffs, Prediction, as_model_fn, get_parameterization
+from diffjax.diffusion.processes import LinearProcess, broadcast_to_data
 
 
 class SampleResult(NamedTuple):
@@ -48,3 +53,25 @@ def finish(process: LinearProcess, model, x: jax.Array, nfe, eps: float,
         x = tweedie_denoise(process, model, x, eps)
         nfe = nfe + 1
     return SampleResult(samples=x, nfe=jnp.asarray(nfe, jnp.int32))
+
+
+class Trajectory(NamedTuple):
+    """Every network call of a discrete-schedule sampler, in call order (leading axis K = NFE)."""
+
+    model_inputs: jax.Array  # [K, B, ...] what the network saw (scaled where the sampler scales)
+    timesteps: jax.Array  # [K] the timestep it was conditioned on (float32)
+    model_outputs: jax.Array  # [K, B, ...] its raw output
+    latents: jax.Array  # [K, B, ...] the latents after the step that used this call
+
+
+def output_prediction(parameterization: str, output: jax.Array, x: jax.Array, alpha,
+                      sigma) -> tuple[jax.Array, jax.Array]:
+    """(x0_hat, eps_hat) of a raw network output at x = alpha x0 + sigma eps (scalars alpha,
+    sigma), by the parameterisation's own formulas (diffjax.diffusion.parameterization)."""
+    c = Coeffs(broadcast_to_data(alpha, x), broadcast_to_data(sigma, x), None, None, None)
+    return get_parameterization(parameterization).predict(output.astype(x.dtype), x, c)
+
+
+def model_call(model_fn, x_in: jax.Array, t) -> jax.Array:
+    """model_fn(x_in, t) with t as the per-example float32 array a network embeds."""
+    return model_fn(x_in, jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_in.shape[:1]))

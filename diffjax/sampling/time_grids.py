@@ -22,6 +22,19 @@ Numerics: grids are computed in the working float dtype (float64 under x64) and 
 pinned to exactly start and eps (the round trip t -> log-SNR -> t loses a few ulps). Every
 process's inverse maps are written without cancellation, so every grid is strictly decreasing in
 float32 for every process (tests/test_processes.py).
+
+Discrete timesteps as diffusers' schedulers space them (`spaced_timesteps`, numpy, on the host):
+the `timestep_spacing` of a `scheduler_config.json` picks num_steps of the N train steps,
+decreasing (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+Table 2):
+- "leading": k (N // num_steps) for k = num_steps-1..0, plus `steps_offset` (SD 1.x/2.x: 1);
+- "trailing": round(N - k N / num_steps) - 1 for k = 0..num_steps-1 (starts at N - 1);
+- "linspace": linspace(0, N - 1, num_steps) reversed, rounded (DDIM, PNDM, DPM-Solver) or kept
+  fractional (Euler).
+`DPMSolverMultistepScheduler` spaces num_steps + 1 points for "leading" and "linspace" and drops
+the last (`skip_last`). With Karras et al.'s noise levels (`karras_sigmas`) the steps come from
+the levels instead: `timestep_of_sigma` is diffusers' inverse (log sigma~ interpolated linearly
+between neighbouring steps), `sigma_of_timestep` its forward map (sigma~ itself interpolated).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.diffusion.processes import DiscreteDDPM, LinearProcess, float_dtype
 from diffjax.diffusion.processes.ddpm import space_timesteps
@@ -142,3 +156,70 @@ def time_grid(name: str, process: LinearProcess, num_steps: int, eps: float, *,
 def noise_to_signal(process: LinearProcess, t) -> Array:
     """sigma~(t) = sigma(t) / alpha(t) = exp(-log_snr / 2), EDM's noise level."""
     return process.noise_to_signal(t)
+
+
+# --- diffusers' discrete timesteps (numpy, host side) ------------------------------------------
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(spacing: str, num_train_timesteps: int, num_steps: int, *,
+                     steps_offset: int = 0, rounded: bool = True,
+                     skip_last: bool = False) -> np.ndarray:
+    """num_steps train timesteps, decreasing, as diffusers' `set_timesteps` spaces them (float64;
+    integers unless rounded=False with "linspace"). `skip_last`: space one point more and drop the
+    smallest ("leading" and "linspace" of DPMSolverMultistepScheduler; "trailing" is unchanged).
+    """
+    n_train, num_steps = int(num_train_timesteps), int(num_steps)
+    if not 1 <= num_steps <= n_train:
+        raise ValueError(f"num_inference_steps={num_steps} must lie in [1, {n_train}] "
+                         f"(num_train_timesteps).")
+    points = num_steps + 1 if skip_last and spacing != "trailing" else num_steps
+    if spacing == "linspace":
+        steps = np.linspace(0, n_train - 1, points)
+        steps = steps.round() if rounded else steps
+    elif spacing == "leading":
+        steps = (np.arange(0, points) * (n_train // points)).round() + steps_offset
+    elif spacing == "trailing":
+        # np.arange with diffusers' float stride, so that its rounding is theirs.
+        steps = np.round(np.arange(n_train, 0, -n_train / num_steps))[::-1] - 1
+        if len(steps) != num_steps:
+            raise ValueError(
+                f"timestep_spacing='trailing' with num_inference_steps={num_steps}: diffusers' "
+                f"float stride gives {len(steps)} steps, the last at t = {steps[0]:g} (an "
+                f"np.arange rounding artefact diffusers runs with); use another step count.")
+    else:
+        raise ValueError(f"Unknown timestep_spacing={spacing!r}; choose one of "
+                         f"{TIMESTEP_SPACINGS}.")
+    steps = np.asarray(steps, np.float64)[::-1]
+    return steps[:num_steps].copy()
+
+
+def sigma_of_timestep(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """sigma~ at (fractional) train timesteps, interpolated linearly in sigma~ between steps
+    (diffusers' interpolation_type="linear"); exact table entries on integer timesteps."""
+    return np.interp(timesteps, np.arange(len(sigmas)), sigmas)
+
+
+def timestep_of_sigma(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional train timestep of each noise level sigma~: log sigma~ interpolated linearly
+    between the two neighbouring steps of the increasing table `log_sigmas` (diffusers'
+    `_sigma_to_t`, same float64 arithmetic), clamped to [0, N - 1]."""
+    sigma = np.asarray(sigma, np.float64)
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    low_idx = np.searchsorted(log_sigmas, log_sigma, side="right") - 1
+    low_idx = np.clip(low_idx, 0, len(log_sigmas) - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return (1 - w) * low_idx + w * high_idx
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_points: int,
+                  rho: float = 7.0) -> np.ndarray:
+    """Karras et al.'s num_points noise levels from sigma_max down to sigma_min, numpy float64
+    in diffusers' arithmetic (`_convert_to_karras`); `edm_sigmas` is the in-graph version."""
+    ramp = np.linspace(0, 1, num_points)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho

@@ -7,9 +7,13 @@ checkpoint written under one mesh restores under any other.
 
 What can go wrong, and what happens:
 - The newest checkpoint is damaged (truncated or overwritten array files, missing metadata or
-  manifest, a missing or garbled data-iterator record): `restore_latest` says which one and why in
-  one line, moves it to WORKDIR/checkpoints.damaged/ (never deletes it) and falls back to the next
-  older one; only when none is readable does it stop, naming the folder and the fix.
+  manifest, a missing or garbled data-iterator record, or arrays that read without error but
+  differ from what was saved): `restore_latest` says which one and why in one line, moves it to
+  WORKDIR/checkpoints.damaged/ (never deletes it) and falls back to the next older one; only when
+  none is readable does it stop, naming the folder and the fix.
+- Every save records a digest of every array (`digests.py`, in the same atomic save) and every
+  restore compares them, so overwritten bytes that still decode are damage too. Checkpoints
+  written before digests existed restore unverified, with one log line saying so.
 - The checkpoint was written with another config (other shapes): a `CheckpointMismatchError`
   names the first differing parameter, and the config keys that differ from the run's recorded
   config; nothing is moved.
@@ -34,7 +38,7 @@ from jax.experimental import multihost_utils
 
 from diffjax.runtime.cli import UserError
 from diffjax.state.train_state import ShardedStateSpec, TrainState
-from diffjax.storage import filesystem as fs, workdir as workdir_lib
+from diffjax.storage import digests as digests_lib, filesystem as fs, workdir as workdir_lib
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -49,6 +53,14 @@ class CheckpointSaveError(OSError):
     """A checkpoint could not be written; older checkpoints are intact."""
 
 
+class CheckpointDigestError(ValueError):
+    """Restored arrays differ from the digests recorded when they were saved: damaged files."""
+
+
+DIGESTS_ITEM = "digests"
+_UNVERIFIED_REPORTED: set[str] = set()
+
+
 def _path_name(path) -> str:
     parts = []
     for key in path:
@@ -59,6 +71,11 @@ def _path_name(path) -> str:
         else:
             parts.append(str(key))
     return "/".join(parts)
+
+
+def leaf_names(tree) -> list[str]:
+    """"params/Conv_0/kernel", ... for every leaf, in `jax.tree.leaves` order."""
+    return [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -122,7 +139,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": ocp.JsonCheckpointHandler()})
+                           "data": ocp.JsonCheckpointHandler(),
+                           DIGESTS_ITEM: ocp.JsonCheckpointHandler()})
         self._pending_step: int | None = None
 
     # --- listing ------------------------------------------------------------------------------
@@ -141,10 +159,14 @@ class Checkpointer:
              state_bytes: int = 0) -> None:
         """Starts (async) or performs a save; raises CheckpointSaveError if it cannot be done."""
         self._raise_if_failed(self._check_room, state_bytes, failing_step=step)
+        # Computed on the devices before Orbax copies the state to the host; saved as one more
+        # item of the same Composite save, so the digests and the arrays commit together.
+        digests = digests_lib.record(leaf_names(state), state)
         self._raise_if_failed(
             self.manager.save, step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=ocp.args.JsonSave(data_state)),
+                                    data=ocp.args.JsonSave(data_state),
+                                    **{DIGESTS_ITEM: ocp.args.JsonSave(digests)}),
             force=True, failing_step=self._pending_step or step)
         self._pending_step = step
 
@@ -231,15 +253,36 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"No checkpoint in {self.directory}; train first (--mode=train) or pass the "
                 f"--workdir of a training run.")
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(spec.abstract),
-                                    data=ocp.args.JsonRestore()),
-        )
+        verified = fs.exists(fs.join(self.directory, str(step), DIGESTS_ITEM))
+        items = {"state": ocp.args.StandardRestore(spec.abstract), "data": ocp.args.JsonRestore()}
+        if verified:
+            items[DIGESTS_ITEM] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         data = restored["data"]
         if not isinstance(data, dict):
             raise ValueError(f"the data-iterator record is {type(data).__name__}, not a dict")
+        if verified:
+            self._verify(step, restored["state"], restored[DIGESTS_ITEM])
+        elif self.directory not in _UNVERIFIED_REPORTED:
+            _UNVERIFIED_REPORTED.add(self.directory)
+            logging.warning("Checkpoint %d in %s has no array digests (written before diffjax "
+                            "recorded them): restored unverified; other such checkpoints of this "
+                            "folder are not reported again.", step, self.directory)
         return restored["state"], data
+
+    def _verify(self, step: int, state: TrainState, recorded: Any) -> None:
+        names = leaf_names(state)
+        differing, unchecked = digests_lib.differences(names, state, recorded)
+        if differing:
+            params_first = sorted(differing, key=lambda n: (not n.startswith("params/"), n))
+            more = f" and {len(differing) - 1} more" if len(differing) > 1 else ""
+            raise CheckpointDigestError(
+                f"{params_first[0]}{more} differ from the digests recorded when checkpoint "
+                f"{step} was saved (its array files changed after the save)")
+        if unchecked:
+            logging.warning("Checkpoint %d: %d arrays (first %s) could not be verified (restored "
+                            "as another dtype, or digests of another format).", step,
+                            len(unchecked), unchecked[0])
 
     def try_restore(self, spec: ShardedStateSpec, step: int,
                     explain: Callable[[], str] = lambda: ""

@@ -12,6 +12,11 @@ Layout (every path through `diffjax.storage.filesystem`, so WORKDIR may be gs://
 way, a read-only or full disk) before anything is compiled or read. `check_config_matches` turns a
 resumed run whose config changes the shapes of the parameters into one line naming the keys that
 differ from the run's recorded config.
+
+The recorded config is the source of truth for what a run's weights mean: `check_same_model`
+refuses, in one line naming the keys, a config that differs from it in the process, the
+parameterisation, the network or the first stage (VP weights read under an EDM config sample
+noise, and nothing else would say so).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Callable
 
+from diffjax.runtime.cli import UserError
 from diffjax.storage import filesystem as fs
 
 CONFIG_FILE = "config.json"
@@ -47,8 +53,15 @@ def _describe_os_error(error: OSError) -> str:
     return os.strerror(error.errno) if error.errno else str(error)
 
 
-def check_writable(directory: str, what: str = "--workdir") -> None:
-    """Creates `directory` if needed and proves a file can be written and removed in it."""
+READ_ONLY_RUN_FIX = ("make it writable, or copy the run (its checkpoints/ and config.json) to a "
+                     "folder you can write to and pass that as --workdir")
+
+
+def check_writable(directory: str, what: str = "--workdir",
+                   fix: str = "pass a folder you can write to") -> None:
+    """Creates `directory` if needed and proves a file can be written and removed in it.
+
+    `fix` ends the one-line message (what the user changes: a flag, a config key)."""
     if fs.is_local(directory) and os.path.exists(directory) and not os.path.isdir(directory):
         raise WorkdirError(errno.ENOTDIR, f"{what} {directory} is a file, not a folder; pass a "
                                           f"folder path (it is created if missing).")
@@ -59,8 +72,7 @@ def check_writable(directory: str, what: str = "--workdir") -> None:
         fs.remove(probe)
     except OSError as error:
         raise WorkdirError(error.errno, f"{what} {directory} is not writable "
-                                        f"({_describe_os_error(error)}); pass a folder you can "
-                                        f"write to.") from None
+                                        f"({_describe_os_error(error)}); {fix}.") from None
 
 
 def free_bytes(directory: str) -> int | None:
@@ -161,3 +173,76 @@ def describe_differences(differences: list[tuple[str, Any, Any]], limit: int = 6
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def explain_differences(workdir: str, config) -> Callable[[], str]:
+    """For a checkpoint whose shapes differ from `config`'s: the sentence naming the keys that
+    differ from the run's config.json ("" when there is no record or no such key)."""
+
+    def explain() -> str:
+        differences = shape_relevant_differences(recorded_config(workdir), config_to_dict(config))
+        if not differences:
+            return ""
+        return (f" The config differs from the run's {CONFIG_FILE} in "
+                f"{describe_differences(differences)}.")
+
+    return explain
+
+
+# --- what a run's weights mean ---------------------------------------------------------------
+
+class RunMismatchError(UserError, ValueError):
+    """A config that describes another model than the run's weights; names the keys."""
+
+
+# Keys that define what a diffusion run's weights compute: the process, the parameterisation,
+# the network, the data shape it was built for; the first stage only for latent runs.
+_MODEL_PREFIXES = ("sde.", "model.", "data.image_size", "data.num_channels",
+                   "data.num_classes", "data.centered")
+_FIRST_STAGE_PREFIXES = ("autoencoder.",)
+# ... except how they are computed or trained, and where files are (a moved workdir is the same
+# run; which first stage decoded is checked by its fingerprint against the latents').
+_NOT_DEFINING = {"model.dropout", "model.label_dropout", "model.dtype", "model.remat",
+                 "autoencoder.pretrained", "autoencoder.batch_size", "autoencoder.dtype",
+                 "autoencoder.train_steps", "autoencoder.train_batch_size", "autoencoder.lr",
+                 "autoencoder.kl_weight", "autoencoder.reconstruction_loss",
+                 "autoencoder.sample_posterior"}
+
+
+def model_differences(old: dict[str, Any] | None, new: dict[str, Any], task: str = "diffusion"
+                      ) -> list[tuple[str, Any, Any]]:
+    """The differences of `new` from the recorded config `old` that change what the weights
+    mean, for a diffusion run or a first-stage run (`task="autoencoder"`).
+
+    Keys one of the two configs lacks (a record written by another diffjax version) are left
+    out: the schema's default is what that version used.
+    """
+    if old is None:
+        return []
+    latent = bool(_flatten(old).get("data.latent_dir")) or bool(_flatten(new).get(
+        "data.latent_dir"))
+    if task == "autoencoder":
+        prefixes = _FIRST_STAGE_PREFIXES + ("data.num_channels",)
+    else:
+        prefixes = _MODEL_PREFIXES + (_FIRST_STAGE_PREFIXES if latent else ())
+    found = []
+    for key, a, b in config_differences(old, new):
+        if ABSENT in (a, b):
+            continue
+        if key == "data.latent_dir" and task != "autoencoder":
+            if bool(a) != bool(b):  # latents or pixels: another network input
+                found.append((key, a, b))
+        elif key.startswith(prefixes) and key not in _NOT_DEFINING:
+            found.append((key, a, b))
+    return found
+
+
+def check_same_model(workdir: str, config, task: str = "diffusion") -> None:
+    """Raises RunMismatchError when `config` describes another model than the one the run in
+    `workdir` trained (its config.json); nothing to compare when it has none."""
+    differences = model_differences(recorded_config(workdir), config_to_dict(config), task)
+    if differences:
+        raise RunMismatchError(
+            f"the config does not match the run in {workdir}: it differs from the run's "
+            f"{CONFIG_FILE} in {describe_differences(differences)}. Use the run's original "
+            f"config (leave out --config to read its {CONFIG_FILE}) or another --workdir.")

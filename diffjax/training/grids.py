@@ -2,7 +2,8 @@
 
 - `SampleGrid` (diffusion): `training.num_sample_images` samples of the EMA parameters with the
   configured sampler, always from the same noise (so grids of successive steps compare), one row
-  per class for conditional models; in latent mode decoded to pixels by the first stage.
+  per class for conditional models, for text models the first cached caption of records spread
+  over the dataset (no text encoder runs in training); in latent mode decoded to pixels.
 - `ReconstructionGrid` (first stage): the first images of `data.eval_split`, above their
   reconstructions through the posterior mean.
 Both run on every process (the work is sharded); process 0 writes the files.
@@ -18,6 +19,7 @@ from jax.experimental import multihost_utils
 from diffjax import data as data_lib
 from diffjax.diffusion.guidance import grid_labels
 from diffjax.experiment import Experiment
+from diffjax.latents import read_metadata, text_cache
 from diffjax.outputs import images
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding
@@ -45,6 +47,12 @@ class SampleGrid:
                                          experiment.mesh, self.count, decoder=decoder)
         self.labels = grid_labels(self.count, config.data.num_classes) \
             if config.model.conditional else None
+        if text_cache.is_text(config):
+            from diffjax.sampling.prompts import cached_conditions
+
+            source_size = read_metadata(config.data.latent_dir)["num_records"]
+            records = np.linspace(0, source_size - 1, self.count).astype(np.int64)
+            self.labels, _ = cached_conditions(config.data.latent_dir, records)
 
     def __call__(self, params, step: int) -> str | None:
         config = self.config

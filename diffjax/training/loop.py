@@ -9,6 +9,7 @@ process takes part in checkpoints.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -21,7 +22,8 @@ from jax.sharding import Mesh
 from diffjax import data as data_lib
 from diffjax.experiment import Experiment, build_experiment, load_first_stage
 from diffjax.latents import LatentSource
-from diffjax.latents.latent_mode import is_latent, resolve_paths
+from diffjax.latents.latent_mode import is_latent, resolve_paths, uses_cache
+from diffjax.latents.reader import check_first_stage
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
@@ -33,6 +35,8 @@ from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import Checkpointer
 from diffjax.storage.workdir_lock import lock_for_job, lock_held, release_job_lock
 from diffjax.training.grids import grid_for
+from diffjax.training.held_out import held_out_loss
+from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
 from diffjax.training.step import jit_train_step
 from diffjax.training.throughput import Throughput, compiled_flops
@@ -84,18 +88,12 @@ def train(config, workdir: str, devices=None, task: str = "diffusion") -> dict[s
 def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, workdir: str):
     """(state, data-iterator state or None, step) from the newest readable checkpoint, or fresh."""
     config = experiment.config
-    recorded = workdir_lib.recorded_config(workdir)
-
-    def explain() -> str:
-        differences = workdir_lib.shape_relevant_differences(
-            recorded, workdir_lib.config_to_dict(config))
-        if not differences:
-            return ""
-        return (f" The config differs from the run's {workdir_lib.CONFIG_FILE} in "
-                f"{workdir_lib.describe_differences(differences)}.")
-
+    explain = workdir_lib.explain_differences(workdir, config)
     restored = checkpointer.restore_latest(experiment.spec, explain)
     if restored is not None:
+        # Same shapes, another model (VP weights under an EDM config): refused as well, before
+        # the record is overwritten.
+        workdir_lib.check_same_model(workdir, config, experiment.task)
         state, data_state, step = restored
         logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
         return state, data_state, step
@@ -137,21 +135,29 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                         "training.num_train_steps=%d: nothing to train; raise "
                         "--config.training.num_train_steps to continue.", step,
                         t_cfg.num_train_steps)
+        # A finished run (a notebook rerun): no data, no compilation (tens of seconds).
+        return _already_trained(step, checkpointer, workdir, state)
 
     # Global batches prefetched onto the devices; its state counts only the batches handed out.
     loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        source=LatentSource(config.data.latent_dir) if is_latent(config) else None),
+        source=LatentSource(config.data.latent_dir) if uses_cache(config) else None),
         batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
     writer = create_writer(workdir, config, is_chief=is_chief)
     context.callback(writer.close)
+    # The config beside the curves (TensorBoard's Text tab), at every start: what this run is.
+    writer.write_texts(step, {"config": config_text(config)})
 
-    train_step = jit_train_step(experiment)
+    objective = objective_for(experiment)
+    train_step = jit_train_step(experiment, objective)
     decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
+    if decoder is not None:  # latents of an older first stage would train a model it can't decode
+        check_first_stage(config, decoder, required=True)
     write_grid = grid_for(experiment, workdir, writer, decoder)
+    evaluate_held_out = held_out_loss(experiment, objective, step)
     # The mesh and rules must be active whenever a network is traced (activation constraints).
     context.enter_context(experiment.activate())
     first_batch = next(loader)
@@ -208,6 +214,8 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 progress.update(step, scalars)
             if step % t_cfg.sample_every_steps == 0 or final:
                 sample_path = write_grid(state.ema_params, step) or sample_path
+            if evaluate_held_out is not None and step % t_cfg.eval_every_steps == 0:
+                writer.write_scalars(step, {"eval_loss": evaluate_held_out(state.ema_params)})
             preempted = preemption.should_stop(step, checkpointer)
             if step % t_cfg.checkpoint_every_steps == 0 or final or preempted:
                 raise_if_nonfinite(state, last_saved)
@@ -241,6 +249,24 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         print(f"Trained to step {step}. Checkpoints: {checkpointer.directory}\n"
               f"TensorBoard: tensorboard --logdir {workdir}\nSamples: {sample_path}", flush=True)
     return summary
+
+
+def config_text(config) -> str:
+    """The resolved config as Markdown (a code block) for a TensorBoard text summary."""
+    text = json.dumps(workdir_lib.config_to_dict(config), indent=2, sort_keys=True)
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _already_trained(step: int, checkpointer: Checkpointer, workdir: str, state
+                     ) -> dict[str, Any]:
+    grid = fs.join(workdir, "samples", f"step_{step:08d}.png")
+    sample_path = grid if fs.exists(grid) else None
+    if jax.process_index() == 0:
+        print(f"Already trained to step {step}. Checkpoints: {checkpointer.directory}\n"
+              f"TensorBoard: tensorboard --logdir {workdir}\nSamples: {sample_path}", flush=True)
+    return {"step": step, "preempted": False, "loss": None, "steps_per_sec": None,
+            "checkpoints": checkpointer.directory, "tensorboard": workdir,
+            "samples": sample_path, "state": state}
 
 
 def _stop_during_start_up(step: int, checkpointer: Checkpointer, workdir: str, state

@@ -8,6 +8,9 @@ in, which derives from (seed, step): resume stays bit-exact.
 - `DiffusionObjective`: images become x0 in the process's data range (uniform dequantisation,
   random flips); latent batches {"mean", "std"} become z = (mean + std * noise - shift) * scale
   drawn in-graph (posterior samples, as LDM and DiT train); the loss is `losses.diffusion_loss`.
+  Text models (cached encoder outputs of up to K captions per example) draw one of the
+  example's captions uniformly, then replace it by the null caption with probability
+  `training.caption_dropout` (classifier-free guidance), both in-graph from the step's rng.
 - `AutoencoderObjective`: images in [-1, 1] (no dequantisation noise, as LDM), optional flips; the
   loss is LDM's reconstruction + KL (`latents.autoencoder_loss`).
 """
@@ -22,7 +25,9 @@ import jax.numpy as jnp
 
 from diffjax.data.pixels import to_model_range
 from diffjax.diffusion import losses
-from diffjax.experiment import Experiment, score_fn_for
+from diffjax.diffusion.guidance import drop_to_null
+from diffjax.experiment import Experiment, null_condition, score_fn_for
+from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent
 
 Metrics = dict[str, jax.Array]
@@ -35,12 +40,32 @@ class Objective(Protocol):
              ) -> tuple[jax.Array, Metrics]: ...
 
 
+def choose_captions(batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """One caption per example, uniform over its `num_captions` cached ones: the text
+    conditioning {"states", "mask", "pooled"} of the batch."""
+    count = jnp.maximum(batch["num_captions"].astype(jnp.int32), 1)
+    pick = jnp.floor(jax.random.uniform(rng, count.shape) * count).astype(jnp.int32)
+    pick = jnp.minimum(pick, count - 1)
+
+    def take(values):
+        index = pick.reshape((-1,) + (1,) * (values.ndim - 1))
+        return jnp.take_along_axis(values, index, axis=1)[:, 0]
+
+    return {"states": take(batch["text_states"]).astype(jnp.float32),
+            "mask": take(batch["text_mask"]).astype(jnp.int32),
+            "pooled": take(batch["text_pooled"]).astype(jnp.float32)}
+
+
 def model_input(config, batch: dict, rng: jax.Array, *,
                 scale_shift: tuple[float, float] | None = None
                 ) -> tuple[jax.Array, jax.Array | None]:
     """A loader batch -> (x0 in the model's data range, labels or None). In latent mode
-    `scale_shift` is the first stage's (scale, shift), read from its files when not given."""
+    `scale_shift` is the first stage's (scale, shift), read from its files when not given.
+    Text batches give the chosen caption's conditioning (before caption dropout)."""
     labels = batch["label"] if config.model.conditional else None
+    if text_cache.is_text(config):
+        rng, caption_rng = jax.random.split(rng)
+        labels = choose_captions(batch, caption_rng)
     if is_latent(config):
         from diffjax.latents import latent_scale_shift, sample_model_latents
 
@@ -63,9 +88,17 @@ class DiffusionObjective:
             from diffjax.latents import latent_scale_shift
 
             self.scale_shift = latent_scale_shift(config)
+        # Text: the null caption, a constant of the compiled step (read once, on the host).
+        self.caption_dropout = float(config.training.get("caption_dropout", 0.0))
+        self.null = null_condition(config) if text_cache.is_text(config) and \
+            self.caption_dropout > 0 else None
 
     def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+        if self.null is not None:
+            rng, drop_rng = jax.random.split(rng)
         x0, labels = model_input(self.config, batch, rng, scale_shift=self.scale_shift)
+        if self.null is not None:
+            labels = drop_to_null(drop_rng, labels, self.null, self.caption_dropout)
         return {"x0": x0} if labels is None else {"x0": x0, "labels": labels}
 
     def loss(self, params, inputs: dict[str, jax.Array], rng: jax.Array

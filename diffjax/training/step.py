@@ -20,6 +20,7 @@ import optax
 from diffjax.diffusion.processes import LinearSDE
 from diffjax.experiment import Experiment
 from diffjax.latents.latent_mode import is_latent, model_input_shape
+from diffjax.latents.text_cache import conditioning_shapes, is_text
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.state.train_state import TrainState
 from diffjax.training.objectives import DiffusionObjective, Objective, objective_for
@@ -102,7 +103,7 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
     return train_step
 
 
-def jit_train_step(experiment: Experiment) -> Callable:
+def jit_train_step(experiment: Experiment, objective: Objective | None = None) -> Callable:
     """The train step of `experiment` as training runs it: jitted with the state's shardings in
     and out, the batch split over the data axes, the incoming state donated.
 
@@ -112,7 +113,7 @@ def jit_train_step(experiment: Experiment) -> Callable:
     """
     mesh = experiment.mesh
     step = make_train_step(experiment.config, experiment.model, experiment.sde,
-                           experiment.optimizer, objective_for(experiment))
+                           experiment.optimizer, objective or objective_for(experiment))
     return jax.jit(step, in_shardings=(experiment.spec.shardings, batch_sharding(mesh)),
                    out_shardings=(experiment.spec.shardings, replicated(mesh)),
                    donate_argnums=(0,))
@@ -120,7 +121,8 @@ def jit_train_step(experiment: Experiment) -> Callable:
 
 def abstract_batch(experiment: Experiment) -> dict[str, jax.ShapeDtypeStruct]:
     """One global training batch as the loader yields it (shapes, dtypes, batch sharding):
-    {"image" uint8, "label"} of pixels, or {"mean", "std" (storage dtype), "label"} of latents."""
+    {"image" uint8, "label"} of pixels, or {"mean", "std" (storage dtype), "label"} of latents,
+    plus the cached text-encoder outputs of a text model."""
     config = experiment.config
     d, b = config.data, config.training.batch_size
     sharding = batch_sharding(experiment.mesh)
@@ -129,7 +131,14 @@ def abstract_batch(experiment: Experiment) -> dict[str, jax.ShapeDtypeStruct]:
         return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
 
     batch = {"label": array((b,), jnp.int32)}
-    if is_latent(config) and experiment.task == "diffusion":
+    diffusion = experiment.task == "diffusion"
+    if diffusion and is_text(config):  # k cached encoder outputs per image (text_cache.py)
+        k, (length, width, pooled) = int(d.captions_per_image), conditioning_shapes(config)
+        batch.update(text_states=array((b, k, length, width), d.latent_dtype),
+                     text_mask=array((b, k, length), jnp.uint8),
+                     text_pooled=array((b, k, pooled), d.latent_dtype),
+                     num_captions=array((b,), jnp.int32))
+    if is_latent(config) and diffusion:
         latent = array((b, *model_input_shape(config)), d.latent_dtype)
         batch.update(mean=latent, std=latent)
     else:

@@ -53,7 +53,9 @@ def get_process(sde_config) -> LinearProcess:
     kwargs = {}
     for key, value in sde_config.items():
         if key in fields and value is not None:
-            kwargs[key] = value if isinstance(value, str) else type(fields[key].default)(value)
+            default = fields[key].default
+            cast = float if default is None else type(default)  # None: an optional float
+            kwargs[key] = value if isinstance(value, str) else cast(value)
     return cls(**kwargs)
 
 

@@ -1,12 +1,29 @@
-"""Discrete-time DDPM (Ho et al., 2020; Nichol & Dhariwal, 2021), the objective DiT/ADM train.
+"""Discrete-time DDPM (Ho et al., 2020; Nichol & Dhariwal, 2021), the objective DiT/ADM/SD train.
 
 N = 1000 integer steps n = 0..N-1 with betas beta_n, alphas_cumprod[n] = prod_{i<=n} (1 - beta_i),
     x_n = sqrt(alphas_cumprod[n]) x0 + sqrt(1 - alphas_cumprod[n]) eps,
-and the network is conditioned on the integer n itself (DiT's and ADM's convention). Schedules,
-exactly as DiT's `gaussian_diffusion.get_named_beta_schedule` (in float64):
-- "linear": beta_n = linspace(1e-4, 0.02, N) scaled by 1000 / N (Ho et al.);
-- "cosine": beta_n = min(1 - abar((n+1)/N) / abar(n/N), 0.999), abar(u) = cos((u + 0.008) /
-  1.008 pi/2)^2 (Nichol & Dhariwal's "squaredcos_cap_v2").
+and the network is conditioned on the integer n itself (DiT's and ADM's convention). Schedules
+(`beta_schedule`; `beta_start`/`beta_end` override the defaults):
+- "linear": beta_n = linspace(beta_start, beta_end, N); by default 1e-4..0.02 scaled by 1000 / N
+  (Ho et al.; DiT's `get_named_beta_schedule`);
+- "scaled_linear": beta_n = linspace(sqrt(beta_start), sqrt(beta_end), N)^2, by default
+  0.00085..0.012 (Stable Diffusion 1.x/2.x/XL; LDM's "linear");
+- "cosine" (= diffusers' "squaredcos_cap_v2"): beta_n = min(1 - abar((n+1)/N) / abar(n/N), 0.999),
+  abar(u) = cos((u + 0.008) / 1.008 pi/2)^2 (Nichol & Dhariwal).
+`precision` says in which arithmetic the table is built, because samplers that must agree with a
+published implementation step for step need its table to the last bit:
+- "float64" (default): numpy float64 throughout, exactly DiT's `gaussian_diffusion` (and LDM's
+  float64 `make_beta_schedule`);
+- "float32": exactly diffusers' schedulers (`DDIMScheduler`, `EulerDiscreteScheduler`, ... all
+  build the same table): betas in float32 from torch.linspace(float32), whose CPU kernel rounds
+  the step to float32 and computes each point as one fused multiply-add from the nearer end
+  (start + step i below N/2, end - step (N-1-i) above), squared in float32 for "scaled_linear";
+  cosine betas computed in float64 and rounded to float32; 1 - beta in float32; the cumulative
+  product kept in float64 with each output rounded to float32 (torch.cumprod on CPU). Bit for bit
+  against torch 2.14 for N = 500, 1000, 2000 and several beta ranges; tests/test_schedulers.py
+  pins N = 1000 for all three schedules against diffusers 0.42.1.
+`betas` and `alphas_cumprod` are float64 arrays either way (with "float32" they hold float32
+values exactly), so code that computes with them keeps float64 arithmetic.
 
 A continuous-time view lets every diffjax sampler run on it: step n sits at t_n = (n + 1) / N
 (DPM-Solver's convention for discrete models) and log alpha is interpolated linearly in t between
@@ -34,21 +51,70 @@ from diffjax.diffusion.processes.base import (LinearProcess, as_time, float_dtyp
 
 Array = jax.Array
 
-BETA_SCHEDULES = ("linear", "cosine")
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2")
+PRECISIONS = ("float64", "float32")
+_ALIASES = {"squaredcos_cap_v2": "cosine"}
 
 
-def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
-    """DiT's/ADM's named beta schedules, float64."""
+def _torch_linspace_float32(start: float, end: float, num: int) -> np.ndarray:
+    """torch.linspace(start, end, num, dtype=torch.float32) as PyTorch's CPU kernel computes it.
+
+    The step is rounded to float32 and each point is a single rounding of start + step i (below
+    num // 2) or end - step (num - 1 - i) (from there on): in float64 the product is exact and
+    the sum is rounded once before the rounding to float32.
+    """
+    start32, end32 = np.float32(start), np.float32(end)
+    if num == 1:
+        return np.array([start32], np.float32)
+    step = np.float64(np.float32((end32 - start32) / np.float32(num - 1)))
+    i = np.arange(num, dtype=np.float64)
+    forward = np.float64(start32) + step * i
+    backward = np.float64(end32) - step * (num - 1 - i)
+    return np.where(i < num // 2, forward, backward).astype(np.float32)
+
+
+def _cosine_betas(num_timesteps: int) -> np.ndarray:
+    def alpha_bar(u):
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return np.array([min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps),
+                         0.999) for i in range(num_timesteps)], dtype=np.float64)
+
+
+def named_betas(schedule: str, num_timesteps: int, *, beta_start: float | None = None,
+                beta_end: float | None = None, precision: str = "float64") -> np.ndarray:
+    """The named beta schedule as a float64 array (float32 values with precision="float32")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown sde.precision={precision!r}; choose one of {PRECISIONS}.")
+    schedule = _ALIASES.get(schedule, schedule)
+    float32 = precision == "float32"
+    if schedule == "cosine":
+        betas = _cosine_betas(num_timesteps)
+        return betas.astype(np.float32).astype(np.float64) if float32 else betas
     if schedule == "linear":
         scale = 1000.0 / num_timesteps
-        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-    if schedule == "cosine":
-        def alpha_bar(u):
-            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        return np.array([min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps),
-                             0.999) for i in range(num_timesteps)], dtype=np.float64)
+        start = scale * 1e-4 if beta_start is None else float(beta_start)
+        end = scale * 0.02 if beta_end is None else float(beta_end)
+        if float32:
+            return _torch_linspace_float32(start, end, num_timesteps).astype(np.float64)
+        return np.linspace(start, end, num_timesteps, dtype=np.float64)
+    if schedule == "scaled_linear":
+        start = 0.00085 if beta_start is None else float(beta_start)
+        end = 0.012 if beta_end is None else float(beta_end)
+        if float32:
+            roots = _torch_linspace_float32(start**0.5, end**0.5, num_timesteps)
+            return (roots * roots).astype(np.float64)
+        return np.linspace(start**0.5, end**0.5, num_timesteps, dtype=np.float64) ** 2
     raise ValueError(f"Unknown sde.beta_schedule={schedule!r}; choose one of {BETA_SCHEDULES}.")
+
+
+def cumulative_alphas(betas: np.ndarray, precision: str = "float64") -> np.ndarray:
+    """prod_{i<=n} (1 - beta_i): float64, or diffusers' float32 (1 - beta in float32, the running
+    product kept in float64 and each output rounded to float32, as torch.cumprod does on CPU)."""
+    if precision == "float32":
+        alphas = np.float32(1.0) - betas.astype(np.float32)
+        return np.cumprod(alphas.astype(np.float64)).astype(np.float32).astype(np.float64)
+    return np.cumprod(1.0 - betas)
 
 
 def space_timesteps(num_timesteps: int, count: int) -> np.ndarray:
@@ -74,21 +140,38 @@ class DiscreteDDPM(LinearProcess):
 
     num_timesteps: int = 1000
     beta_schedule: str = "linear"
+    beta_start: float | None = None
+    beta_end: float | None = None
+    precision: str = "float64"
     T: float = 1.0
     name: ClassVar[str] = "ddpm"
 
     def __post_init__(self):
         object.__setattr__(self, "num_timesteps", int(self.num_timesteps))
-        named_betas(self.beta_schedule, 2)  # validates the name early
+        self._named_betas(2)  # validates the names early
 
-    # --- the discrete schedule, float64 --------------------------------------------------------
+    def _named_betas(self, num_timesteps: int) -> np.ndarray:
+        return named_betas(self.beta_schedule, num_timesteps, beta_start=self.beta_start,
+                           beta_end=self.beta_end, precision=self.precision)
+
+    # --- the discrete schedule (float64 arrays; see `precision`) -------------------------------
     @functools.cached_property
     def betas(self) -> np.ndarray:
-        return named_betas(self.beta_schedule, self.num_timesteps)
+        return self._named_betas(self.num_timesteps)
 
     @functools.cached_property
     def alphas_cumprod(self) -> np.ndarray:
-        return np.cumprod(1.0 - self.betas)
+        return cumulative_alphas(self.betas, self.precision)
+
+    def step_noise_to_signal(self) -> np.ndarray:
+        """sigma~_n = sqrt((1 - abar_n) / abar_n) of every step (EDM's noise level on the knots),
+        float64; with precision="float32" computed in float32 as diffusers' Euler and
+        DPM-Solver schedulers tabulate it (numpy's float32 sqrt is correctly rounded; torch's
+        on CPU is not always: some entries differ from diffusers' by one float32 ulp)."""
+        if self.precision == "float32":
+            abar = self.alphas_cumprod.astype(np.float32)
+            return np.sqrt((np.float32(1.0) - abar) / abar).astype(np.float64)
+        return np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod)
 
     @functools.cached_property
     def _knots(self) -> tuple[np.ndarray, np.ndarray]:
