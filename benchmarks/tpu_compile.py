@@ -254,7 +254,8 @@ def main():
                  if k.startswith(f"{key}|{topology}|FSDP+remat|")]
         lo = max((b for b, fits in tried if fits), default=0)
         hi = min((b for b, fits in tried if not fits and b > lo), default=None)
-        search = (f"{lo // chips} ({lo}) fits" if lo else "none fits") + \
+        search = "n/c" if not tried else \
+            (f"{lo // chips} ({lo}) fits" if lo else "none fits") + \
             (f", {hi // chips} ({hi}) does not" if hi else "")
         remat = reports["FSDP+remat"]
         if remat.get("fits"):  # the temporaries scaled with the batch, the rest fixed
@@ -271,7 +272,7 @@ def main():
             f"{target.chip.usable_hbm_gib:.2f} | {search} | {step_time} | {mfu} | "
             f"{collective_text(best)} |")
     header = [
-        "| model | slice | batch | state GiB/chip (DP / FSDP) | total GiB/chip (DP / FSDP / "
+        "| model | slice | batch | state GiB/chip (DP / FSDP, from FSDP+remat) | total GiB/chip (DP / FSDP / "
         "FSDP+remat) | HBM GiB | batch per chip (global) with FSDP+remat: compiled, and predicted "
         "from the published batch's temporaries | "
         "est. step | est. MFU | collectives per step, per chip (count / bytes) |",
