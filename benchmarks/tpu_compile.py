@@ -35,7 +35,8 @@ sys.path.insert(0, REPO)
 MODELS = {
     "dit": ("DiT-XL/2 (ImageNet-256 latents)", "configs/imagenet256_dit.py:XL", 256),
     "ddpmpp": ("DDPM++ deep (CIFAR-10)", "configs/cifar10_ddpmpp_vp.py:deep", 128),
-    # SD 1.5 and SDXL U-Nets (branch `unet`, being ported): add their configs here, e.g.
+    # SD 1.5 and SDXL U-Nets (diffjax/models/sd_unet.py; pipelines only, no training config
+    # yet): add their fine-tuning configs here once they exist, e.g.
     # "sd15": ("SD 1.5 U-Net (512 px latents)", "configs/<sd15 config>.py", 256),
     # "sdxl": ("SDXL U-Net (1024 px latents)", "configs/<sdxl config>.py", 256),
 }
