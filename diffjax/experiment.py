@@ -32,7 +32,7 @@ from diffjax.diffusion.parameterization import ModelFn, get_parameterization, ma
 from diffjax.diffusion.processes import LinearSDE, get_process
 from diffjax.latents import text_cache
 from diffjax.latents.first_stage import is_diffjax_run
-from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config,
+from diffjax.latents.latent_mode import (AUTOENCODER_SUBDIR, autoencoder_training_config, is_latent,
                                          model_input_shape)
 from diffjax.models import build_model
 from diffjax.parallel.mesh import create_mesh
@@ -40,6 +40,7 @@ from diffjax.parallel.sharding import rules_from_config
 from diffjax.state.optimizer import make_optimizer
 from diffjax.state.train_state import ShardedStateSpec, state_spec
 from diffjax.storage import filesystem as fs, workdir as workdir_lib
+from diffjax.storage.base_runs import FrozenBase
 from diffjax.storage.checkpoints import Checkpointer
 
 
@@ -55,9 +56,23 @@ class Experiment:
     optimizer: Any
     spec: ShardedStateSpec
     task: str = "diffusion"
+    # A LoRA adapter's or a ControlNet's frozen base network (the state holds only what trains).
+    frozen: FrozenBase | None = None
 
     def example_input(self) -> tuple:
         return example_input(self.config, self.task)
+
+    def network_params(self, trainable):
+        """The parameters `model` is applied with: the trained ones, joined to the frozen base
+        when there is one."""
+        if self.frozen is None:
+            return trainable
+        return self.frozen.combine(self.frozen.params, trainable)
+
+    def abstract_network_params(self):
+        abstract = self.spec.abstract.ema_params
+        return abstract if self.frozen is None else self.frozen.combine(self.frozen.abstract,
+                                                                        abstract)
 
     @contextlib.contextmanager
     def activate(self):
@@ -95,9 +110,16 @@ def example_condition(config, batch: int, abstract: bool = False):
     elif config.model.conditional:
         shapes = {"labels": ((batch,), jnp.int32)}
     else:
-        return None
+        shapes = {}
     made = {k: jax.ShapeDtypeStruct(*v) if abstract else jnp.zeros(*v) for k, v in shapes.items()}
-    return made["labels"] if "labels" in made else made
+    condition = made.get("labels", made) if made else None
+    if not config.model.get("controlnet", ""):
+        return condition
+    # A ControlNet takes {"labels": the base's condition, "cond": conditioning images}.
+    d = config.data
+    image = ((batch, d.image_size, d.image_size, d.num_channels), jnp.float32)
+    return {"labels": condition,
+            "cond": jax.ShapeDtypeStruct(*image) if abstract else jnp.zeros(*image)}
 
 
 def null_condition(config):
@@ -114,13 +136,89 @@ def build_experiment(config, devices=None, task: str = "diffusion") -> Experimen
         raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}.")
     mesh = create_mesh(config.mesh, devices)
     rules = rules_from_config(config.mesh)
+    frozen = None
     if task == "autoencoder":
         model, sde = latents.build_autoencoder(config), None
     else:
         model, sde = build_model(config), get_process(config.sde)
+        model, frozen = _on_frozen_base(config, model, mesh, rules)
     optimizer = make_optimizer(config.optim, total_steps=config.training.num_train_steps)
-    spec = state_spec(model, optimizer, example_input(config, task), mesh, rules)
-    return Experiment(config, mesh, rules, model, sde, optimizer, spec, task)
+    spec = state_spec(model, optimizer, example_input(config, task), mesh, rules,
+                      trainable=frozen.select if frozen else None)
+    return Experiment(config, mesh, rules, model, sde, optimizer, spec, task, frozen)
+
+
+def _sharded_params(model: nn.Module, example: tuple, mesh: Mesh, rules) -> tuple[Any, Any]:
+    """(abstract parameters with shardings, shardings) of `model`, nothing allocated."""
+    from diffjax.parallel.sharding import tree_shardings
+
+    boxed = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, *example,
+                                                train=False)["params"], jax.random.key(0))
+    abstract = nn.unbox(boxed)
+    shardings = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
+    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), abstract, shardings)
+    return abstract, shardings
+
+
+def _on_frozen_base(config, model: nn.Module, mesh: Mesh, rules):
+    """(network, FrozenBase or None) for LoRA / ControlNet runs: the state then holds only the
+    adapter / the ControlNet (`FrozenBase.select`)."""
+    m = config.model
+    lora_rank, controlnet = int(m.lora.rank), str(m.controlnet or "")
+    if not lora_rank and not controlnet:
+        return model, None
+    if lora_rank and controlnet:
+        raise ValueError("model.lora.rank and model.controlnet both set: a run trains one of "
+                         "them; set --config.model.lora.rank=0 or --config.model.controlnet=''.")
+    key, base = ("model.lora.base", m.lora.base) if lora_rank else ("model.controlnet_base",
+                                                                     m.controlnet_base)
+    if not base:
+        raise ValueError(f"{key} is empty; set --config.{key}=WORKDIR of the trained diffjax run "
+                         f"to build on (the same network settings).")
+    plain_input = (jnp.zeros((1, *model_input_shape(config)), jnp.float32),
+                   jnp.zeros((1,), jnp.float32),
+                   jnp.zeros((1,), jnp.int32) if m.conditional else None)
+    abstract, shardings = _sharded_params(model, plain_input, mesh, rules)
+    if lora_rank:
+        from diffjax import lora
+
+        settings = lora.LoraSettings.from_config(m.lora)
+        network = lora.lora_network(model, settings)
+        adapter = lora.split(jax.eval_shape(lambda: network.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(0)}, *plain_input,
+            train=False))["params"])[1]
+        lora.network.check_matches(adapter, settings, abstract)
+        frozen = FrozenBase("lora", m.lora.base, "model.lora.base", abstract, shardings,
+                            combine=lora.merge, select=lambda params: lora.split(params)[1])
+        return network, frozen
+    from diffjax.data.conditions import get_condition
+    from diffjax.models.ncsnpp import NCSNpp
+    from diffjax.models.ncsnpp_controlnet import (ControlledNetwork, NCSNppControlNet,
+                                                  initialise_from_base)
+
+    get_condition(controlnet)
+    if not isinstance(model, NCSNpp):
+        raise ValueError(f"model.controlnet needs score_sde's U-Net (model.name=ncsnpp), not "
+                         f"model.name={m.name!r}; Stable Diffusion ControlNets are "
+                         f"diffjax.models.controlnet.")
+    if is_latent(config):
+        raise ValueError("model.controlnet computes its conditioning from the training images; "
+                         "it trains on pixels (set --config.data.latent_dir='').")
+    if m.conditional and float(config.sampling.guidance_scale) != 1.0:
+        raise ValueError("A ControlNet on a class-conditional base samples without "
+                         "classifier-free guidance; set --config.sampling.guidance_scale=1.")
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(NCSNpp)
+              if f.init and f.name not in ("parent", "name")}
+    network = ControlledNetwork(model, NCSNppControlNet(
+        **fields, conditioning_channels=config.data.num_channels),
+        conditioning_scale=float(m.controlnet_scale))
+    frozen = FrozenBase("controlnet", m.controlnet_base, "model.controlnet_base", abstract,
+                        shardings, combine=lambda base, trained: {"base": base,
+                                                                  "controlnet": trained},
+                        select=lambda params: params["controlnet"],
+                        initialise=initialise_from_base)
+    return network, frozen
 
 
 def network(model: nn.Module, params, *, train: bool, dropout_rng: jax.Array | None = None):
@@ -174,8 +272,10 @@ def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int
         checkpointer.workdir, experiment.config))
     # The whole state is restored (optimizer moments too): it is what the spec describes, and
     # one restore per evaluated checkpoint is cheap next to sampling.
-    state, _ = checkpointer.restore(experiment.spec, step)
-    return state.ema_params if use_ema else state.params
+    state, data = checkpointer.restore(experiment.spec, step)
+    if experiment.frozen is not None:
+        experiment.frozen.check(data, f"checkpoint {step} in {checkpointer.directory}")
+    return experiment.network_params(state.ema_params if use_ema else state.params)
 
 
 def load_first_stage(config, *, mesh=None):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
+from folder_edits import broken_copy, one_line_error
 from safetensors.numpy import load_file, save_file
 
 from diffjax.config.schema import base_config
@@ -147,49 +148,31 @@ def test_pipeline_root_and_legacy_attention_names(tmp_path, vaes):
 
 
 def _broken_copy(tmp_path, edit_tensors=None, edit_config=None):
-    destination = tmp_path / "broken"
-    shutil.copytree(folder("sd"), destination)
-    if edit_tensors:
-        path = str(destination / diffusers_weights.WEIGHTS_FILE)
-        tensors = dict(load_file(path))
-        edit_tensors(tensors)
-        save_file(tensors, path)
-    if edit_config:
-        config = json.loads((destination / "config.json").read_text())
-        edit_config(config)
-        (destination / "config.json").write_text(json.dumps(config))
-    return str(destination)
-
-
-def _one_line_error(error_type, fn, match):
-    with pytest.raises(error_type, match=match) as info:
-        fn()
-    assert "\n" not in str(info.value)
-    return str(info.value)
+    return broken_copy(folder("sd"), tmp_path / "broken", diffusers_weights.WEIGHTS_FILE, edit_tensors, edit_config)
 
 
 def test_missing_and_mismatched_files(tmp_path):
-    message = _one_line_error(FileNotFoundError, lambda: load_vae(str(tmp_path / "nope")),
+    message = one_line_error(FileNotFoundError, lambda: load_vae(str(tmp_path / "nope")),
                               "does not exist")
     assert "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir" in message
     assert "--config.autoencoder.pretrained=DIR" in message
     only_config = tmp_path / "only_config"
     only_config.mkdir()
     shutil.copy(os.path.join(folder("sd"), "config.json"), only_config)
-    _one_line_error(FileNotFoundError, lambda: load_vae(str(only_config)),
+    one_line_error(FileNotFoundError, lambda: load_vae(str(only_config)),
                     "diffusion_pytorch_model.safetensors is missing.*huggingface-cli")
 
     def drop(tensors):
         del tensors["decoder.mid_block.attentions.0.to_k.bias"]
 
-    _one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, drop)),
+    one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, drop)),
                     r"'decoder.mid_block.attentions.0.to_k.bias' \(16,\) is missing")
     shutil.rmtree(tmp_path / "broken")
 
     def reshape(tensors):
         tensors["encoder.conv_in.weight"] = np.zeros((8, 3, 5, 5), np.float32)
 
-    _one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, reshape)),
+    one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, reshape)),
                     r"'encoder.conv_in.weight' has shape \(8, 3, 5, 5\) but config.json "
                     r"implies \(8, 3, 3, 3\)")
     shutil.rmtree(tmp_path / "broken")
@@ -197,14 +180,14 @@ def test_missing_and_mismatched_files(tmp_path):
     def widen(config):
         config["block_out_channels"] = [8, 32]
 
-    _one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, edit_config=widen)),
+    one_line_error(ValueError, lambda: load_vae(_broken_copy(tmp_path, edit_config=widen)),
                     "has shape .* but config.json implies")
     shutil.rmtree(tmp_path / "broken")
 
     def attention_blocks(config):
         config["down_block_types"] = ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"]
 
-    _one_line_error(ValueError,
+    one_line_error(ValueError,
                     lambda: load_vae(_broken_copy(tmp_path, edit_config=attention_blocks)),
                     "down_block_types=.* is not supported")
     shutil.rmtree(tmp_path / "broken")
@@ -212,7 +195,7 @@ def test_missing_and_mismatched_files(tmp_path):
     garbage = _broken_copy(tmp_path)
     with open(os.path.join(garbage, diffusers_weights.WEIGHTS_FILE), "wb") as handle:
         handle.write(b"not a safetensors file")
-    _one_line_error(ValueError, lambda: load_vae(garbage), "not a readable safetensors file")
+    one_line_error(ValueError, lambda: load_vae(garbage), "not a readable safetensors file")
 
 
 def test_export_round_trip(tmp_path, vaes):

@@ -18,7 +18,8 @@ import pytest
 from conftest import REPO
 from safetensors.numpy import load_file, save_file
 
-from diffjax.text import bert, folders, load_text_encoder, sentence_bert
+from diffjax.storage import model_folders as folders
+from diffjax.text import bert, load_text_encoder, sentence_bert
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "text")
 REF = dict(np.load(os.path.join(FIXTURES, "reference.npz")))

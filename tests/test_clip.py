@@ -19,7 +19,8 @@ import pytest
 from conftest import REPO
 from safetensors.numpy import load_file, save_file
 
-from diffjax.text import clip, clip_weights, folders, load_text_encoder, sdxl_context
+from diffjax.storage import model_folders as folders
+from diffjax.text import clip, clip_weights, load_text_encoder, sdxl_context
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "text")
 REF = dict(np.load(os.path.join(FIXTURES, "reference.npz")))

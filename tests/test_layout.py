@@ -7,7 +7,8 @@ goes the wrong way counts like a top-level one.
     modes          the CLI's modes and their pre-flight validation
     workflows      training, sampling, evaluation, convert, pipelines
     experiment     what a config builds: the network, process, state, first stage
-    foundations    models, text, latents, diffusion, data, parallel, storage, state, outputs, config
+    foundations    models, text, lora, latents, diffusion, data, parallel, storage, state, outputs,
+                   config
     runtime        XLA flags, logs, console, preemption, this host's processes, the CLI's errors
 """
 
@@ -25,8 +26,8 @@ LAYERS = (
     ("modes",),
     ("training", "sampling", "evaluation", "convert", "pipelines"),
     ("experiment",),
-    ("models", "text", "latents", "diffusion", "data", "parallel", "storage", "state", "outputs",
-     "config"),
+    ("models", "text", "lora", "latents", "diffusion", "data", "parallel", "storage", "state",
+     "outputs", "config"),
     ("runtime",),
 )
 LAYER_OF = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}

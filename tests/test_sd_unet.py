@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
+from folder_edits import broken_copy, one_line_error
 from safetensors.numpy import load_file, save_file
 
 from diffjax.models import sd_unet_weights
@@ -222,48 +223,29 @@ def test_parameters_carry_logical_axes():
 # --- folders -----------------------------------------------------------------------------------
 
 def _broken_copy(tmp_path, edit_tensors=None, edit_config=None, name="sd1"):
-    destination = tmp_path / "broken"
-    shutil.rmtree(destination, ignore_errors=True)
-    shutil.copytree(folder(name), destination)
-    if edit_tensors:
-        path = str(destination / sd_unet_weights.WEIGHTS_FILE)
-        tensors = dict(load_file(path))
-        edit_tensors(tensors)
-        save_file(tensors, path)
-    if edit_config:
-        config = json.loads((destination / "config.json").read_text())
-        edit_config(config)
-        (destination / "config.json").write_text(json.dumps(config))
-    return str(destination)
-
-
-def _one_line_error(error_type, fn, match):
-    with pytest.raises(error_type, match=match) as info:
-        fn()
-    assert "\n" not in str(info.value)
-    return str(info.value)
+    return broken_copy(folder(name), tmp_path / "broken", sd_unet_weights.WEIGHTS_FILE, edit_tensors, edit_config)
 
 
 def test_missing_and_mismatched_weights(tmp_path):
-    _one_line_error(FileNotFoundError, lambda: sd_unet_weights.read_folder(str(tmp_path / "no")),
+    one_line_error(FileNotFoundError, lambda: sd_unet_weights.read_folder(str(tmp_path / "no")),
                     "does not exist.*huggingface-cli download")
     only_config = tmp_path / "only_config"
     only_config.mkdir()
     shutil.copy(os.path.join(folder("sd1"), "config.json"), only_config)
-    _one_line_error(FileNotFoundError, lambda: sd_unet_weights.read_folder(str(only_config)),
+    one_line_error(FileNotFoundError, lambda: sd_unet_weights.read_folder(str(only_config)),
                     "diffusion_pytorch_model.safetensors is missing")
 
     def drop(tensors):
         del tensors["down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight"]
 
-    _one_line_error(ValueError, lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, drop)),
+    one_line_error(ValueError, lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, drop)),
                     r"'down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight' "
                     r"\(8, 32\) is missing")
 
     def reshape(tensors):
         tensors["conv_in.weight"] = np.zeros((8, 4, 5, 5), np.float32)
 
-    _one_line_error(ValueError,
+    one_line_error(ValueError,
                     lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, reshape)),
                     r"'conv_in.weight' has shape \(8, 4, 5, 5\) but config.json implies "
                     r"\(8, 4, 3, 3\)")
@@ -271,13 +253,13 @@ def test_missing_and_mismatched_weights(tmp_path):
     def extra(tensors):
         tensors["class_embedding.weight"] = np.zeros((10, 32), np.float32)
 
-    _one_line_error(ValueError, lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, extra)),
+    one_line_error(ValueError, lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, extra)),
                     "'class_embedding.weight' .* has no place in the network")
 
     def linear(config):  # SD 2 folder read as SD 1: proj_in is then a 1x1 conv
         config["use_linear_projection"] = True
 
-    _one_line_error(ValueError,
+    one_line_error(ValueError,
                     lambda: sd_unet_weights.read_folder(_broken_copy(tmp_path, edit_config=linear)),
                     r"proj_in.weight' has shape \(8, 8, 1, 1\) but config.json implies \(8, 8\)")
 
@@ -295,7 +277,7 @@ def test_missing_and_mismatched_weights(tmp_path):
 def test_unsupported_config_keys_are_named(key, value, match):
     config = sd_unet_weights.read_config(folder("sd1"))
     config[key] = value
-    _one_line_error(ValueError, lambda: UNetConfig.from_diffusers(config, "unet/config.json"),
+    one_line_error(ValueError, lambda: UNetConfig.from_diffusers(config, "unet/config.json"),
                     f"unet/config.json: .*{match}")
 
 
@@ -305,15 +287,15 @@ def test_call_errors():
     args = (ref["sample"].astype(np.float32), ref["t_float"], ref["context"].astype(np.float32))
     apply = lambda **kw: jax.eval_shape(  # noqa: E731
         lambda p: module.apply({"params": p}, *args, **kw), params)
-    _one_line_error(ValueError, apply, "pass text_embeds .* and time_ids")
+    one_line_error(ValueError, apply, "pass text_embeds .* and time_ids")
     text = dict(text_embeds=ref["text_embeds"].astype(np.float32), time_ids=ref["time_ids"])
-    _one_line_error(ValueError, lambda: apply(text_embeds=np.zeros((2, 5), np.float32),
+    one_line_error(ValueError, lambda: apply(text_embeds=np.zeros((2, 5), np.float32),
                                               time_ids=ref["time_ids"]),
                     "give 29 features but projection_class_embeddings_input_dim=48")
-    _one_line_error(ValueError, lambda: apply(**text, mid_block_additional_residual=np.zeros(
+    one_line_error(ValueError, lambda: apply(**text, mid_block_additional_residual=np.zeros(
         (2, 4, 6, 12), np.float32)), "residuals come together")
     residuals = tuple(ref[f"res_{k}"].astype(np.float32) for k in range(5))
-    _one_line_error(ValueError, lambda: apply(
+    one_line_error(ValueError, lambda: apply(
         **text, down_block_additional_residuals=residuals,
         mid_block_additional_residual=ref["res_mid"].astype(np.float32)),
         "has 5 tensors but the U-Net has 6 skip connections")

@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     data.latent_dir = ""  # "" = train on pixels
     data.latent_views = 2  # views encoded per image: 1 = as is, 2 = also its horizontal flip
     data.latent_dtype = "float16"  # storage of posterior mean/std: "float16" or "float32"
+    data.classes = ""  # train on these class ids only ("3" or "3,7"); "" = every class
     # Text-to-image (diffjax/data/captions.py, diffjax/latents/text_cache.py): captions come from
     # a TFDS text feature or an image folder; --mode=encode_latents caches the text encoder's
     # outputs beside the latents (or, with cache_pixels, the images), so training runs no encoder.
@@ -94,6 +95,20 @@ def base_config() -> ml_collections.ConfigDict:
     dit.mlp_ratio = 4.0
     dit.pos_embed = "sincos"
     dit.learn_sigma = False  # DiT's 2C-channel output: the noise, then the variance interpolation
+    # LoRA fine-tuning (diffjax/lora/): train low-rank adapters on a frozen base run's network.
+    model.lora = lora = ml_collections.ConfigDict()
+    lora.rank = 0  # 0 = off (train the whole network)
+    lora.alpha = 0.0  # adapter scale alpha / rank; 0 = rank (scale 1)
+    # Layers that get adapters: a preset ("attention", "all", "sd_attention", "dit_attention",
+    # "ncsnpp_attention") or a regular expression over module paths (diffjax/lora/targets.py).
+    lora.targets = "attention"
+    lora.dropout = 0.0  # dropout on the adapter's input, in training only
+    lora.base = ""  # WORKDIR of the run whose (EMA) network is fine-tuned; required with rank
+    # ControlNet (diffjax/models/ncsnpp_controlnet.py): a trainable copy of the base's down path
+    # steers a frozen base run's network with a conditioning image computed from each image.
+    model.controlnet = ""  # "" = off, else the conditioning (diffjax/data/conditions.py)
+    model.controlnet_base = ""  # WORKDIR of the frozen base run (required with controlnet)
+    model.controlnet_scale = 1.0  # conditioning_scale: residuals times this
 
     # The first stage of latent diffusion: diffusers' AutoencoderKL (diffjax/latents/). Defaults
     # are the SD-VAE (kl-f8) and LDM's first-stage objective without LPIPS and discriminator.
@@ -134,6 +149,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Prompt cleaning: "clip" (the original CLIP tokenizer's: ftfy, HTML unescaped) or
     # "transformers" (diffusers' fast tokenizer; differs on "&amp;", curly quotes, mojibake).
     pipeline.tokenizer_cleaning = "clip"
+    # Adapters (diffjax/lora, pipelines/adapters.py): LoRA files, diffusers/PEFT or kohya layout,
+    # unmerged, "a.safetensors" or "a.safetensors:0.8,b.safetensors:0.5" (path:scale). A
+    # ControlNet folder with its conditioning image (a PNG/JPEG of the images' size, RGB in
+    # [0, 255]) for every prompt, at controlnet_scale.
+    pipeline.lora = ""
+    pipeline.controlnet = ""
+    pipeline.controlnet_image = ""
+    pipeline.controlnet_scale = 1.0
 
     config.sde = sde = ml_collections.ConfigDict()
     # The diffusion process (diffjax/diffusion/processes/): "vp", "subvp", "ve" (score_sde), "cosine",

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from diffjax.latents.autoencoder import AutoencoderKL
-from diffjax.storage import filesystem, safetensors_files, torch_layout
+from diffjax.storage import filesystem, model_folders, safetensors_files, torch_layout
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -35,27 +35,13 @@ _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_
 
 def resolve_folder(folder: str) -> str:
     """The folder holding the VAE's config.json: `folder` itself or `folder/vae`."""
-    if not folder:
-        raise FileNotFoundError(f"No VAE folder given; {HOW_TO_GET}.")
-    for candidate in (folder, filesystem.join(folder, "vae")):
-        if filesystem.is_file(filesystem.join(candidate, CONFIG_FILE)):
-            return candidate
-    what = "does not exist" if not filesystem.exists(folder) else (
-        f"has no {CONFIG_FILE} (nor vae/{CONFIG_FILE})")
-    raise FileNotFoundError(f"VAE folder {folder} {what}: it must be a diffusers AutoencoderKL "
-                            f"folder; {HOW_TO_GET}.")
+    return model_folders.resolve_folder(folder, "vae", CONFIG_FILE, "VAE", HOW_TO_GET)
 
 
 def read_config(folder: str) -> dict[str, Any]:
     """config.json of the VAE in `folder` (or `folder/vae`)."""
-    path = filesystem.join(resolve_folder(folder), CONFIG_FILE)
-    try:
-        config = json.loads(filesystem.read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); {HOW_TO_GET}.") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a JSON object; {HOW_TO_GET}.")
-    return config
+    return model_folders.read_json(filesystem.join(resolve_folder(folder), CONFIG_FILE),
+                                   HOW_TO_GET)
 
 
 def weights_path(folder: str) -> str:

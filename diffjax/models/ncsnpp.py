@@ -103,33 +103,62 @@ class NCSNpp(nn.Module):
                              f"model.unet.noise_conditional=True and augment_dim >= 0.")
 
     @nn.compact
-    def __call__(self, x, noise_cond, labels=None, *, train: bool = False):
+    def __call__(self, x, noise_cond, labels=None, *, train: bool = False,
+                 down_residuals=None, mid_residual=None):
+        """`down_residuals` / `mid_residual`: a ControlNet's outputs (`ncsnpp_controlnet`),
+        added to the skip connections and to the middle's output, as diffusers' U-Net adds
+        them; None for the plain network."""
         self._check(x)
-        act = get_activation(self.nonlinearity)
-        dtype = self.dtype
-        nf = self.nf
-        num_levels = len(self.ch_mult)
-        batch = x.shape[0]
-        noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
+        noise_cond = self._noise_levels(x, noise_cond)
+        temb = self._embedding(noise_cond, labels, train)
+        x = self._input(x)
+        out_channels = x.shape[-1]
+        hs = self._down(x, temb, train)
+        h = self._middle(hs[-1], temb, train)
+        if (down_residuals is None) != (mid_residual is None):
+            raise ValueError("ControlNet residuals come together: pass both down_residuals and "
+                             "mid_residual.")
+        if down_residuals is not None:
+            if len(down_residuals) != len(hs):
+                raise ValueError(f"{len(down_residuals)} down residuals for {len(hs)} skip "
+                                 f"connections.")
+            hs = [skip + residual.astype(skip.dtype) for skip, residual in zip(hs, down_residuals)]
+            h = h + mid_residual.astype(h.dtype)
+        h = self._up(h, hs, temb, train, out_channels)
+        h = h.astype(jnp.float32)
+        if self.scale_by_sigma:
+            h = h / jnp.exp(noise_cond)[:, None, None, None]
+        return h
+
+    # The pieces below run inside the compact __call__ (of this class or of a ControlNet that
+    # subclasses it), so the submodules they create keep these names in every network.
+    def _act(self):
+        return get_activation(self.nonlinearity)
+
+    def _res_block(self, name, out_ch=None, **kwargs):
         res_cls = ResnetBlockBigGANpp if self.resblock_type == "biggan" else ResnetBlockDDPMpp
         if self.remat:
             res_cls = nn.remat(res_cls, static_argnums=(3,))
-        common = dict(act=act, dropout=self.dropout, skip_rescale=self.skip_rescale,
-                      init_scale=self.init_scale, dtype=dtype)
+        common = dict(act=self._act(), dropout=self.dropout, skip_rescale=self.skip_rescale,
+                      init_scale=self.init_scale, dtype=self.dtype)
         if self.resblock_type == "biggan":
             common.update(fir=self.fir, fir_kernel=tuple(self.fir_kernel))
+        return res_cls(out_ch=out_ch, **common, **kwargs, name=name)
 
-        def res_block(name, out_ch=None, **kwargs):
-            return res_cls(out_ch=out_ch, **common, **kwargs, name=name)
+    def _attn(self, name):
+        return AttnBlockpp(skip_rescale=self.skip_rescale, init_scale=self.init_scale,
+                           dtype=self.dtype, name=name)
 
-        def attn(name):
-            return AttnBlockpp(skip_rescale=self.skip_rescale, init_scale=self.init_scale,
-                               dtype=dtype, name=name)
+    def _resample(self) -> dict:
+        return dict(with_conv=self.resamp_with_conv, fir=self.fir,
+                    fir_kernel=tuple(self.fir_kernel), dtype=self.dtype)
 
-        resample = dict(with_conv=self.resamp_with_conv, fir=self.fir,
-                        fir_kernel=tuple(self.fir_kernel), dtype=dtype)
+    def _noise_levels(self, x, noise_cond):
+        return jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (x.shape[0],))
 
-        # Noise-level embedding.
+    def _embedding(self, noise_cond, labels, train: bool):
+        """The noise-level (+ class) embedding every residual block receives, or None."""
+        nf, dtype, batch = self.nf, self.dtype, noise_cond.shape[0]
         if self.embedding_type == "fourier":
             features = GaussianFourierEmbedding(2 * nf, scale=self.fourier_scale,
                                                 name="noise_features")(noise_cond)
@@ -153,37 +182,45 @@ class NCSNpp(nn.Module):
                 features = features + nn.Dense(
                     features.shape[-1], use_bias=False, kernel_init=default_init(1.0, DENSE_AXES),
                     param_dtype=jnp.float32, name="augment_embedding")(no_augment)
+            act = self._act()
             temb = dense(4 * nf, dtype=dtype, name="temb_0")(features.astype(dtype))
             temb = dense(4 * nf, dtype=dtype, name="temb_1")(act(temb))
             if use_labels and self.label_embedding == "embedding":
                 temb = temb + label_embedding(4 * nf).astype(temb.dtype)
+        return temb
 
+    def _input(self, x):
         x = x.astype(jnp.float32)
         if not self.centered:
             x = 2 * x - 1.0  # [0, 1] data: score_sde maps it to [-1, 1] inside the network
-        x = x.astype(dtype)
-        out_channels = x.shape[-1]
+        return x.astype(self.dtype)
 
-        # Downsampling path.
+    def _down(self, x, temb, train: bool, hint=None):
+        """conv_in and the downsampling path: every activation the up path consumes (`hs`),
+        the last one the middle's input. `hint` (a ControlNet's conditioning features) is added
+        to conv_in's output."""
+        resample = self._resample()
         input_pyramid = x if self.progressive_input != "none" else None
-        hs = [conv3x3(nf, dtype=dtype, name="conv_in")(x)]
+        h = conv3x3(self.nf, dtype=self.dtype, name="conv_in")(x)
+        hs = [h if hint is None else h + hint.astype(h.dtype)]
+        num_levels = len(self.ch_mult)
         for level in range(num_levels):
             for i in range(self.num_res_blocks):
-                h = res_block(f"down_{level}_block_{i}", nf * self.ch_mult[level])(hs[-1], temb,
-                                                                                   train)
+                h = self._res_block(f"down_{level}_block_{i}", self.nf * self.ch_mult[level])(
+                    hs[-1], temb, train)
                 if h.shape[2] in self.attn_resolutions:
-                    h = attn(f"down_{level}_attn_{i}")(h)
+                    h = self._attn(f"down_{level}_attn_{i}")(h)
                 hs.append(h)
             if level == num_levels - 1:
                 continue
             if self.resblock_type == "ddpm":
                 h = Downsample(hs[-1].shape[-1], **resample, name=f"down_{level}_resample")(hs[-1])
             else:
-                h = res_block(f"down_{level}_resample", down=True)(hs[-1], temb, train)
+                h = self._res_block(f"down_{level}_resample", down=True)(hs[-1], temb, train)
             if self.progressive_input == "input_skip":
                 input_pyramid = (fir.downsample_2d(input_pyramid, self.fir_kernel) if self.fir
                                  else fir.naive_downsample_2d(input_pyramid))
-                h = Combine(self.progressive_combine, dtype=dtype,
+                h = Combine(self.progressive_combine, dtype=self.dtype,
                             name=f"down_{level}_pyramid")(input_pyramid, h)
             elif self.progressive_input == "residual":
                 input_pyramid = Downsample(h.shape[-1], **{**resample, "with_conv": True},
@@ -192,20 +229,25 @@ class NCSNpp(nn.Module):
                     else input_pyramid + h
                 h = input_pyramid
             hs.append(h)
+        return hs
 
-        h = hs[-1]
-        h = res_block("mid_block_0")(h, temb, train)
-        h = attn("mid_attn")(h)
-        h = res_block("mid_block_1")(h, temb, train)
+    def _middle(self, h, temb, train: bool):
+        h = self._res_block("mid_block_0")(h, temb, train)
+        h = self._attn("mid_attn")(h)
+        return self._res_block("mid_block_1")(h, temb, train)
 
-        # Upsampling path.
+    def _up(self, h, hs, temb, train: bool, out_channels: int):
+        """The upsampling path (consuming every skip) and the output head."""
+        hs = list(hs)
+        act, dtype, resample = self._act(), self.dtype, self._resample()
+        num_levels = len(self.ch_mult)
         pyramid = None
         for level in reversed(range(num_levels)):
             for i in range(self.num_res_blocks + 1):
-                h = res_block(f"up_{level}_block_{i}", nf * self.ch_mult[level])(
+                h = self._res_block(f"up_{level}_block_{i}", self.nf * self.ch_mult[level])(
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
             if h.shape[2] in self.attn_resolutions:
-                h = attn(f"up_{level}_attn")(h)
+                h = self._attn(f"up_{level}_attn")(h)
             if self.progressive != "none":
                 pyramid, h = self._progressive_output(level, num_levels, h, pyramid, act,
                                                       out_channels, resample)
@@ -213,18 +255,13 @@ class NCSNpp(nn.Module):
                 if self.resblock_type == "ddpm":
                     h = Upsample(h.shape[-1], **resample, name=f"up_{level}_resample")(h)
                 else:
-                    h = res_block(f"up_{level}_resample", up=True)(h, temb, train)
+                    h = self._res_block(f"up_{level}_resample", up=True)(h, temb, train)
         assert not hs, "every down-path activation must feed the up path"
 
         if self.progressive == "output_skip":
-            h = pyramid
-        else:
-            h = act(group_norm(h.shape[-1], dtype=dtype, name="norm_out")(h))
-            h = conv3x3(out_channels, init_scale=self.init_scale, dtype=dtype, name="conv_out")(h)
-        h = h.astype(jnp.float32)
-        if self.scale_by_sigma:
-            h = h / jnp.exp(noise_cond)[:, None, None, None]
-        return h
+            return pyramid
+        h = act(group_norm(h.shape[-1], dtype=dtype, name="norm_out")(h))
+        return conv3x3(out_channels, init_scale=self.init_scale, dtype=dtype, name="conv_out")(h)
 
     def _progressive_output(self, level, num_levels, h, pyramid, act, out_channels, resample):
         """score_sde's output pyramid: 'output_skip' sums per-level image predictions,

@@ -95,7 +95,11 @@ class NIN(nn.Module):
                             (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", _zeros(), (self.features,), jnp.float32)
         dtype = self.dtype or x.dtype
-        y = jnp.einsum("...c,cd->...d", x.astype(dtype), kernel.astype(dtype))
+        # lax.dot_general, not jnp.einsum: the same contraction, and qwix's LoRA intercepts
+        # dot_general cleanly, while its einsum path sets an attribute on the (frozen) linen
+        # module and fails (SetAttributeFrozenModuleError) -- diffjax.lora.
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                (((x.ndim - 1,), (0,)), ((), ())))
         return y + bias.astype(dtype)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from diffjax.models.sd_unet import UNet2DConditionModel, abstract_params
 from diffjax.models.sd_unet_config import UNetConfig
-from diffjax.storage import filesystem, safetensors_files, torch_layout
+from diffjax.storage import filesystem, model_folders, safetensors_files, torch_layout
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -51,26 +51,12 @@ def torch_name(path: tuple[str, ...]) -> str:
 
 def resolve_folder(folder: str) -> str:
     """The folder holding the U-Net's config.json: `folder` itself or `folder/unet`."""
-    if not folder:
-        raise FileNotFoundError(f"No U-Net folder given; {HOW_TO_GET}.")
-    for candidate in (folder, filesystem.join(folder, "unet")):
-        if filesystem.is_file(filesystem.join(candidate, CONFIG_FILE)):
-            return candidate
-    what = "does not exist" if not filesystem.exists(folder) else (
-        f"has no {CONFIG_FILE} (nor unet/{CONFIG_FILE})")
-    raise FileNotFoundError(f"U-Net folder {folder} {what}: it must be a diffusers "
-                            f"UNet2DConditionModel folder or a pipeline root; {HOW_TO_GET}.")
+    return model_folders.resolve_folder(folder, "unet", CONFIG_FILE, "U-Net", HOW_TO_GET)
 
 
 def read_config(folder: str) -> dict[str, Any]:
-    path = filesystem.join(resolve_folder(folder), CONFIG_FILE)
-    try:
-        config = json.loads(filesystem.read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); {HOW_TO_GET}.") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a JSON object; {HOW_TO_GET}.")
-    return config
+    return model_folders.read_json(filesystem.join(resolve_folder(folder), CONFIG_FILE),
+                                   HOW_TO_GET)
 
 
 def weight_files(folder: str) -> list[str]:

@@ -122,10 +122,12 @@ class Plan:
 def _train_plan(experiment: Experiment) -> Plan:
     state, batch = experiment.spec.abstract, abstract_batch(experiment)
     step = jit_train_step(experiment)  # outside the mesh: it computes its base key eagerly
+    base = () if experiment.frozen is None else (experiment.frozen.abstract,)
     with experiment.activate():
-        lowered = step.lower(state, batch)
+        lowered = step.lower(state, batch, *base)
     inputs = {"parameters": state.params, "EMA parameters": state.ema_params,
-              "optimizer state": state.opt_state, "batch": batch}
+              "optimizer state": state.opt_state, "batch": batch,
+              **({"frozen base": base[0]} if base else {})}
     t = experiment.config.training
     return Plan("train", lowered, inputs, int(t.microbatches), "microbatch", int(t.batch_size))
 
@@ -139,7 +141,7 @@ def _sample_plan(experiment: Experiment) -> Plan:
     # Latent models decode in the same program at sampling time; the first stage's weights are
     # not needed to compile the sampler of the latents, which is what is compiled here.
     generate = make_generate_fn(config, experiment.model, experiment.sde, mesh, batch_size)
-    params = experiment.spec.abstract.ema_params
+    params = experiment.abstract_network_params()  # with a LoRA/ControlNet's frozen base
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated(mesh))
     labels = None
@@ -337,8 +339,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['chips']} x {report['device_kind']}, {report['hosts']} host(s)); mesh "
         f"{report['mesh']}; batch {report['batch_size']}; {report['compile_seconds']:.1f} s.",
         "Memory per chip (XLA memory analysis):"]
-    for name in [k for k in ("parameters", "EMA parameters", "optimizer state", "batch")
-                 if k in m]:
+    for name in [k for k in ("parameters", "EMA parameters", "optimizer state", "frozen base",
+                                 "batch") if k in m]:
         lines.append(f"  {name:<26}{_size(m[name])}")
     lines += [f"  {'activations/temporaries':<26}{_size(m['temporaries'])}",
               f"  {'outputs (not donated)':<26}{_size(m['outputs'] - m['aliased'])}",

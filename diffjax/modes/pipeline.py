@@ -8,6 +8,10 @@ prompt for all (`sampling.negative_prompt`). Writes WORKDIR/samples/<name>.png (
 <name>.npz (images and prompts), <name>.json, and with `sampling.write_pngs` one PNG per image.
 Batch i's initial noise is normal(fold_in(key(seed, salt), i)): reruns give the same images.
 
+Adapters: `pipeline.lora` (LoRA files, "path[:scale],..."), `pipeline.controlnet` (a
+ControlNet folder) with `pipeline.controlnet_image` (its conditioning image, used for every
+prompt) and `pipeline.controlnet_scale`; they are part of the output names.
+
 Eval: `eval.prompts` repeated to `eval.num_samples`; FID/KID/IS against `eval.reference_split`
 of `data.dataset` (or `eval.reference_stats`), as for checkpoints. The report,
 WORKDIR/eval/pipeline/0/<setting>.json, stores the prompts; sample chunks are kept until it is
@@ -58,10 +62,39 @@ def read_prompts(spec: str, what: str) -> list[str]:
     return [p.strip() for p in spec.split("|")]
 
 
+def lora_files(spec: str) -> list[tuple[str, float]]:
+    """pipeline.lora: "a.safetensors" or "a.safetensors:0.8,gs://b/c.safetensors" ->
+    [(path, scale)]; a suffix ":NUMBER" is the scale (a gs:// path keeps its colon)."""
+    files = []
+    for part in (x.strip() for x in str(spec).split(",")):
+        if not part:
+            continue
+        path, _, scale = part.rpartition(":")
+        try:
+            files.append((path, float(scale)) if path else (part, 1.0))
+        except ValueError:
+            files.append((part, 1.0))
+    return files
+
+
+def control_image(config) -> np.ndarray | None:
+    """pipeline.controlnet_image as float32 HWC in [0, 1] (RGB), or None without a ControlNet."""
+    p = config.pipeline
+    if not p.controlnet:
+        return None
+    from PIL import Image
+
+    with Image.open(io.BytesIO(fs.read_bytes(p.controlnet_image))) as image:
+        return np.asarray(image.convert("RGB"), np.float32) / 255.0
+
+
 def pipeline_for(config):
     p = config.pipeline
-    return load_pipeline(p.folder, dtype=p.dtype, clip_skip=int(p.clip_skip),
-                         tokenizer_cleaning=p.tokenizer_cleaning)
+    pipe = load_pipeline(p.folder, controlnet=p.controlnet or None, dtype=p.dtype,
+                         clip_skip=int(p.clip_skip), tokenizer_cleaning=p.tokenizer_cleaning)
+    for path, scale in lora_files(p.lora):
+        pipe.load_lora(path, scale=scale)
+    return pipe
 
 
 def _size(config, pipe) -> tuple[int, int]:
@@ -79,6 +112,7 @@ def draw(config, pipe, prompts: list[str], batch_size: int, salt: int, first: in
     count = math.ceil(len(prompts) / batch_size)
     last = count if last is None else min(last, count)
     negative = s.negative_prompt or None
+    control = control_image(config)
     bar = progress_bar(len(prompts), progress or "Sampling", initial=first * batch_size,
                        enabled=jax.process_index() == 0)
     for index in range(first, last):
@@ -87,7 +121,9 @@ def draw(config, pipe, prompts: list[str], batch_size: int, salt: int, first: in
         noise = jax.random.normal(jax.random.fold_in(base, index), shape)
         pixels = pipe(batch, negative, num_inference_steps=int(s.num_steps),
                       guidance_scale=float(s.guidance_scale), height=height, width=width,
-                      latents=noise, sampler=p.scheduler or None, eta=float(s.eta))
+                      latents=noise, sampler=p.scheduler or None, eta=float(s.eta),
+                      **({} if control is None else dict(
+                          image=control, controlnet_conditioning_scale=float(p.controlnet_scale))))
         bar.update(len(batch))
         yield index, np.round(pixels * 255.0).astype(np.uint8), batch
     bar.close()
@@ -103,6 +139,10 @@ def setting_name(config, pipe, count: int) -> str:
         parts.append(f"eta{float(s.eta):g}")
     if s.negative_prompt:
         parts.append("neg" + hashlib.sha256(s.negative_prompt.encode()).hexdigest()[:6])
+    if p.lora or p.controlnet:  # the adapters' files and scales, by content of the setting
+        adapters = json.dumps([p.lora, p.controlnet, p.controlnet_image,
+                               float(p.controlnet_scale) if p.controlnet else None])
+        parts.append("adapters" + hashlib.sha256(adapters.encode()).hexdigest()[:6])
     return "_".join(parts + [f"n{count}", f"seed{int(config.seed)}"])
 
 
@@ -126,7 +166,8 @@ def sample_pipeline(config, workdir: str) -> dict[str, Any]:
                "num_steps": int(config.sampling.num_steps),
                "guidance_scale": float(config.sampling.guidance_scale),
                "negative_prompt": config.sampling.negative_prompt, "seed": int(config.seed),
-               "num_samples": count, "prompts": wanted, "name": name}
+               "num_samples": count, "prompts": wanted, "name": name,
+               "lora": config.pipeline.lora or None, "controlnet": config.pipeline.controlnet or None}
     if jax.process_index() != 0:
         return summary
     grid = image_files.make_grid(pixels, columns=min(len(prompts), 8) if len(prompts) > 1

@@ -113,9 +113,10 @@ def check_batch_divisibility(config, mesh) -> None:
 def trace_train_step(config, experiment) -> None:
     from diffjax.training.step import abstract_batch, jit_train_step
 
+    frozen = experiment.frozen
     with experiment.activate():
         jax.eval_shape(jit_train_step(experiment), experiment.spec.abstract,
-                       abstract_batch(experiment))
+                       abstract_batch(experiment), *(() if frozen is None else (frozen.abstract,)))
 
 
 def check_latent_mode(config, mode: str) -> None:
@@ -216,7 +217,7 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
                                image_shape(config, batch_size))
 
     with experiment.activate():
-        jax.eval_shape(generate, experiment.spec.abstract.ema_params, jax.random.key(0))
+        jax.eval_shape(generate, experiment.abstract_network_params(), jax.random.key(0))
 
 
 def check_compile(config):
@@ -388,6 +389,27 @@ def check_sample_mode(config) -> None:
 PIPELINE_MODES = ("sample", "eval")
 
 
+def check_pipeline_adapters(config) -> None:
+    """The LoRA files and the ControlNet folder and image exist (their contents are checked
+    against the pipeline when they load, one line each)."""
+    from diffjax.modes.pipeline import lora_files
+
+    p = config.pipeline
+    for path, _ in lora_files(p.lora):
+        if not fs.is_file(path):
+            fail("pipeline.lora", p.lora, f"names {path}, which is not a file",
+                 "give the LoRA's .safetensors path")
+    if p.controlnet and not fs.is_dir(p.controlnet):
+        fail("pipeline.controlnet", p.controlnet, "is not a folder",
+             "give a diffusers ControlNetModel folder (config.json + safetensors)")
+    if p.controlnet and not fs.is_file(p.controlnet_image):
+        fail("pipeline.controlnet_image", p.controlnet_image, "is not a file",
+             "give the ControlNet's conditioning image (PNG or JPEG, the images' size)")
+    if p.controlnet_image and not p.controlnet:
+        fail("pipeline.controlnet_image", p.controlnet_image, "is set without a ControlNet",
+             "set --config.pipeline.controlnet=FOLDER or leave the image empty")
+
+
 def check_pipeline(config, mode: str) -> None:
     """A pretrained pipeline: the folder loads (classes, components, scheduler), prompts given,
     the image size fits the VAE; for eval, the reference data as for checkpoints."""
@@ -412,6 +434,7 @@ def check_pipeline(config, mode: str) -> None:
         if int(p[key]) % factor:
             fail(f"pipeline.{key}", p[key], f"is not a multiple of the VAE's factor {factor}",
                  f"use a multiple of {factor} (or 0 for the folder's default)")
+    check_pipeline_adapters(config)
     if mode == "sample":
         read_prompts(config.sampling.prompts, "sampling.prompts")
     else:

@@ -80,6 +80,8 @@ def output_name(config, step: int) -> str:
         parts.append("raw")
     if s.inpaint:
         parts.append("inpaint-" + fs.as_path(s.inpaint).stem)
+    if config.model.controlnet:
+        parts.append(f"controlnet-{config.model.controlnet}")
     parts += [f"n{int(s.num_samples)}", f"seed{int(config.seed)}"]
     digest = hashlib.blake2b(json.dumps(settings_signature(config, step), sort_keys=True,
                                         default=str).encode(), digest_size=3).hexdigest()
@@ -161,9 +163,6 @@ def sample(config, workdir: str) -> dict[str, Any]:
     batch_size = min(int(s_cfg.batch_size), num_samples)
     out_dir = fs.join(workdir, "samples")
     is_chief = jax.process_index() == 0
-    if not fs.is_dir(fs.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first "
-                                f"(--mode=train --workdir={workdir}).")
     if is_chief:  # before sampling everything: a read-only workdir fails now
         from diffjax.storage.workdir import check_writable
 
@@ -177,6 +176,12 @@ def sample(config, workdir: str) -> dict[str, Any]:
     text = text_conditions(config, num_samples) if text_cache.is_text(config) else None
     mask = load_mask(s_cfg.inpaint, config.data.image_size) if s_cfg.inpaint else None
     known = _known_images(config, num_samples) if mask is not None else None
+    # A ControlNet run draws one image per conditioning of a data.eval_split image.
+    conditions = None
+    if config.model.controlnet:
+        from diffjax.sampling.controlnet import split_conditions
+
+        conditions = split_conditions(config, num_samples)
     checkpointer = Checkpointer(workdir, async_save=False, max_to_keep=None, create=False)
     try:
         available = checkpointer.all_steps()
@@ -201,6 +206,11 @@ def sample(config, workdir: str) -> dict[str, Any]:
             if mask is not None:
                 generate = make_inpaint_fn(config, experiment.model, experiment.sde,
                                            experiment.mesh, batch_size)
+            elif conditions is not None:
+                from diffjax.sampling.controlnet import make_controlnet_generate_fn
+
+                generate = make_controlnet_generate_fn(config, experiment.model, experiment.sde,
+                                                       experiment.mesh, batch_size)
             else:
                 generate = make_generate_fn(config, experiment.model, experiment.sde,
                                             experiment.mesh, batch_size, decoder=decoder)
@@ -209,11 +219,16 @@ def sample(config, workdir: str) -> dict[str, Any]:
                 chunk = known[rows]
                 return np.resize(chunk, (batch_size, *chunk.shape[1:])), mask
 
+            def condition_rows(rows: slice) -> tuple:
+                chunk = conditions[0][rows]
+                return (np.resize(chunk, (batch_size, *chunk.shape[1:])),)
+
             bar = progress_bar(num_samples, f"Sampling step {step}", enabled=is_chief)
             pixels, labels, nfe = draw_samples(
                 config, generate, params, num_samples, batch_size, seed=int(config.seed),
                 labels=text[0] if text is not None else labels_wanted,
-                extra_inputs=known_rows if mask is not None else None,
+                extra_inputs=known_rows if mask is not None else
+                condition_rows if conditions is not None else None,
                 progress=bar.update)
             bar.close()
     finally:
@@ -225,11 +240,20 @@ def sample(config, workdir: str) -> dict[str, Any]:
                "use_ema": bool(s_cfg.use_ema), "seed": int(config.seed), "name": name,
                "guidance_scale": float(s_cfg.guidance_scale) if is_guided(config)
                else None, "inpaint": s_cfg.inpaint or None}
+    if conditions is not None:
+        from diffjax.sampling.controlnet import condition_errors
+
+        summary.update(controlnet=config.model.controlnet, condition_mse=float(np.mean(
+            condition_errors(config, conditions[0], pixels))))
     if text is not None:
         summary["prompts"] = list(text[1])
     if not is_chief:
         return summary
-    if mask is not None:
+    if conditions is not None:  # conditioning | sample | the image it came from
+        shown = np.clip(np.round(conditions[0] * 255.0), 0, 255).astype(np.uint8)
+        triples = np.stack([shown, pixels, conditions[1]], axis=1).reshape(-1, *pixels.shape[1:])
+        grid = images.make_grid(triples, columns=3 * min(4, num_samples))
+    elif mask is not None:
         original = data_lib.from_model_range(known, centered=config.data.centered,
                                              dequantize=config.data.dequantize)
         masked = (original * mask).astype(np.uint8)

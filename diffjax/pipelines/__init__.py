@@ -7,7 +7,8 @@ Files: folder.py (model_index.json: which pipeline, which components), prompts.p
 the U-Net's conditioning, SD and SDXL), schedulers.py (a diffusers scheduler_config.json — DDIM,
 PNDM, Euler, DPM-Solver++ — as a diffjax sampler on the discrete DDPM process, step for step
 diffusers' latents), stable_diffusion.py (the pipeline: text encoders, the scheduler's loop with
-classifier-free guidance, the VAE decoder, one jitted program).
+classifier-free guidance, the VAE decoder, one jitted program), adapters.py (what LoRA files and
+a ControlNet add: `pipe.load_lora` / `fuse_lora`, `load_pipeline(folder, controlnet=...)`).
 Imports: this is a workflow-layer package: it may import experiment and everything below it
 (sampling as a sibling workflow, diffusion, models, text, latents, storage, config, runtime),
 never training, evaluation or the modes; nothing below the workflows imports it.

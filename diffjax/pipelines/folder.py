@@ -21,7 +21,8 @@ HOW_TO_GET = ("download a diffusers folder on a machine with internet, e.g. hugg
               "--exclude '*.bin' '*.ckpt', and pass DIR")
 
 # Pipeline class -> (kind, the components it needs). ControlNet pipelines are an SD folder plus
-# a ControlNet folder (`load_pipeline(folder, controlnet=...)`), as diffusers composes them.
+# a ControlNet folder (`load_pipeline(folder, controlnet=...)`), as diffusers composes them; a
+# ControlNet pipeline's own folder also holds it in controlnet/ (`PipelineFolder.controlnet`).
 PIPELINE_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "StableDiffusionPipeline": ("sd", ("text_encoder", "tokenizer", "unet", "vae", "scheduler")),
     "StableDiffusionControlNetPipeline": (
@@ -54,6 +55,17 @@ class PipelineFolder:
 
     def component(self, name: str) -> str:
         return fs.join(self.path, name)
+
+    @property
+    def controlnet(self) -> str | None:
+        """The folder's own controlnet/ (what a saved ControlNet pipeline holds), if any."""
+        entry = self.index.get("controlnet")
+        if not entry or entry[0] is None:
+            return None
+        if entry[1] != "ControlNetModel":
+            raise ValueError(f"{fs.join(self.path, INDEX_FILE)}: controlnet is a {entry[1]}; "
+                             f"diffjax runs one ControlNetModel (pass controlnet=FOLDER).")
+        return self.component("controlnet")
 
     @property
     def force_zeros_for_empty_prompt(self) -> bool:

@@ -8,7 +8,7 @@ derives from fold_in(key(seed), s), so restoring the step restores the RNG.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -38,9 +38,11 @@ class ShardedStateSpec(NamedTuple):
 
 
 def _boxed_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
-                 example_input: tuple) -> TrainState:
+                 example_input: tuple, trainable: Callable | None = None) -> TrainState:
     variables = model.init({"params": rng, "dropout": rng}, *example_input, train=False)
     params = variables["params"]
+    if trainable is not None:  # a frozen base (LoRA, ControlNet): only this part trains
+        params = trainable(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -50,9 +52,11 @@ def _boxed_state(model: nn.Module, optimizer: optax.GradientTransformation, rng:
     )
 
 
-def state_spec(model, optimizer, example_input: tuple, mesh: Mesh, rules: Rules) -> ShardedStateSpec:
-    """Shapes and shardings of the state, from the logical axis names of the parameters."""
-    boxed = jax.eval_shape(lambda r: _boxed_state(model, optimizer, r, example_input),
+def state_spec(model, optimizer, example_input: tuple, mesh: Mesh, rules: Rules,
+               trainable: Callable | None = None) -> ShardedStateSpec:
+    """Shapes and shardings of the state, from the logical axis names of the parameters.
+    `trainable(params)` selects the part that trains (default: all of them)."""
+    boxed = jax.eval_shape(lambda r: _boxed_state(model, optimizer, r, example_input, trainable),
                            jax.random.key(0))
     abstract = nn.unbox(boxed)
     shardings = tree_shardings(nn.get_partition_spec(boxed), abstract, mesh, rules)
@@ -62,11 +66,11 @@ def state_spec(model, optimizer, example_input: tuple, mesh: Mesh, rules: Rules)
     return ShardedStateSpec(abstract, shardings)
 
 
-def create_state(model, optimizer, example_input: tuple, seed: int, spec: ShardedStateSpec
-                 ) -> TrainState:
+def create_state(model, optimizer, example_input: tuple, seed: int, spec: ShardedStateSpec,
+                 trainable: Callable | None = None) -> TrainState:
     """Initialises the state already laid out on the mesh: no device ever holds all of it."""
     init = jax.jit(
-        lambda r: nn.unbox(_boxed_state(model, optimizer, r, example_input)),
+        lambda r: nn.unbox(_boxed_state(model, optimizer, r, example_input, trainable)),
         out_shardings=spec.shardings,
     )
     return init(jax.random.fold_in(jax.random.key(seed), 0x1A17))

@@ -9,8 +9,7 @@ Files: clip.py (CLIPTextModel / WithProjection, its config, the SD context rules
 SDXL's penultimate state), clip_weights.py (CLIP folders, both key layouts), clip_tokenizer.py
 (CLIP BPE cleaned like the original CLIP), bert.py (BertModel, mean pooling + normalisation),
 sentence_bert.py (sentence-transformers folders, the pip-installed MiniLM), wordpiece_tokenizer.py
-(BERT's tokenizer.json), layers.py (shared Flax pieces), folders.py (transformers folders and
-safetensors read with numpy), tokenized.py (ids + mask), encoder.py (`TextEncoder`: the one
+(BERT's tokenizer.json), layers.py (shared Flax pieces), tokenized.py (ids + mask), encoder.py (`TextEncoder`: the one
 interface, `encode(prompts) -> (token_states, pooled, attention_mask)`).
 
 `TEXT_ENCODERS` names the encoders a config may ask for; each entry is

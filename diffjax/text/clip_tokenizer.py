@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from diffjax.storage import filesystem
-from diffjax.text import folders
+from diffjax.storage import model_folders as folders
 from diffjax.text.tokenized import TokenizedText
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.storage import torch_layout
-from diffjax.text import folders, layers
+from diffjax.storage import model_folders as folders
+from diffjax.text import layers
 from diffjax.text.clip import CLIPEncoder, CLIPTextConfig, CLIPTextModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

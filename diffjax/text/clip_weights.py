@@ -22,7 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from diffjax.storage import torch_layout
-from diffjax.text import folders
+from diffjax.storage import model_folders as folders
 from diffjax.text.clip import CLIPTextConfig, CLIPTextModel, abstract_params
 
 HOW_TO_GET = ("on a machine with internet run: huggingface-cli download "

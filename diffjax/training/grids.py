@@ -6,6 +6,9 @@
   over the dataset (no text encoder runs in training); in latent mode decoded to pixels.
 - `ReconstructionGrid` (first stage): the first images of `data.eval_split`, above their
   reconstructions through the posterior mean.
+- `ControlNetGrid` (`model.controlnet`): the conditioning of the first `data.eval_split` images
+  above the samples drawn for them, and the mean squared error between each conditioning and
+  the same transform of its sample (`condition_mse`).
 Both run on every process (the work is sharded); process 0 writes the files.
 """
 
@@ -106,7 +109,46 @@ class ReconstructionGrid:
         return _save(self.workdir, step, grid, self.writer, {"reconstruction_mse": mse})
 
 
+class ControlNetGrid:
+    """A ControlNet run's grid: the conditioning of the first data.eval_split images, each
+    above the sample drawn for it; logs `condition_mse` (how well samples follow them)."""
+
+    def __init__(self, experiment: Experiment, workdir: str, writer):
+        from diffjax.sampling.controlnet import make_controlnet_generate_fn, split_conditions
+
+        config = experiment.config
+        self.config, self.workdir, self.writer = config, workdir, writer
+        self.count = int(config.training.num_sample_images)
+        self.generate = make_controlnet_generate_fn(config, experiment.model, experiment.sde,
+                                                    experiment.mesh, self.count)
+        self.cond, _, labels = split_conditions(config, self.count)
+        self.labels = labels if config.model.conditional else None
+
+    def __call__(self, params, step: int) -> str | None:
+        from diffjax.sampling.controlnet import condition_errors
+
+        config = self.config
+        rng = jax.random.fold_in(jax.random.key(config.seed), GRID_SALT)
+        samples, nfe = self.generate(params, rng, self.labels, self.cond)
+        centered, dequantize = pixel_range(config)
+        pixels = data_lib.from_model_range(
+            multihost_utils.process_allgather(samples, tiled=True), centered=centered,
+            dequantize=dequantize)
+        if jax.process_index() != 0:
+            return None
+        error = float(np.mean(condition_errors(config, self.cond, pixels)))
+        shown = np.clip(np.round(self.cond * 255.0), 0, 255).astype(np.uint8)
+        columns = max(1, int(np.ceil(np.sqrt(len(pixels)))))
+        rows = -(-len(pixels) // columns)
+        blank = np.full((rows * columns - len(pixels), *pixels.shape[1:]), 255, np.uint8)
+        grid = images.make_grid(np.concatenate([shown, blank, pixels, blank]), columns=columns)
+        return _save(self.workdir, step, grid, self.writer,
+                     {"sample_nfe": float(nfe), "condition_mse": error})
+
+
 def grid_for(experiment: Experiment, workdir: str, writer, decoder=None):
     if experiment.task == "autoencoder":
         return ReconstructionGrid(experiment, workdir, writer)
+    if experiment.frozen is not None and experiment.frozen.kind == "controlnet":
+        return ControlNetGrid(experiment, workdir, writer)
     return SampleGrid(experiment, workdir, writer, decoder)

@@ -20,6 +20,7 @@ from clu import periodic_actions
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
+from diffjax.data.subsets import training_source
 from diffjax.experiment import Experiment, build_experiment, load_first_stage
 from diffjax.latents import LatentSource
 from diffjax.latents.latent_mode import is_latent, resolve_paths, uses_cache
@@ -90,15 +91,26 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
     config = experiment.config
     explain = workdir_lib.explain_differences(workdir, config)
     restored = checkpointer.restore_latest(experiment.spec, explain)
+    frozen = experiment.frozen
     if restored is not None:
         # Same shapes, another model (VP weights under an EDM config): refused as well, before
         # the record is overwritten.
         workdir_lib.check_same_model(workdir, config, experiment.task)
         state, data_state, step = restored
+        if frozen is not None:
+            frozen.check(data_state, f"checkpoint {step} in {checkpointer.directory}")
         logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
         return state, data_state, step
     state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
-                         config.seed, experiment.spec)
+                         config.seed, experiment.spec,
+                         trainable=frozen.select if frozen else None)
+    if frozen is not None and frozen.initialise is not None:
+        # A ControlNet starts as a copy of the base's layers (diffusers' from_unet).
+        start = jax.jit(lambda s, base: s.replace(params=frozen.initialise(s.params, base),
+                                                  ema_params=frozen.initialise(s.ema_params,
+                                                                               base)),
+                        out_shardings=experiment.spec.shardings)
+        state = start(state, frozen.params)
     return state, None, 0
 
 
@@ -126,8 +138,14 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     if is_chief:
         workdir_lib.record_config(workdir, config)
         name = "first stage (AutoencoderKL)" if task == "autoencoder" else config.model.name
-        logging.info("Model %s with %s parameters; mesh %s.", name,
-                     f"{count_params(state.params):,}", dict(mesh.shape))
+        if experiment.frozen is None:
+            logging.info("Model %s with %s parameters; mesh %s.", name,
+                         f"{count_params(state.params):,}", dict(mesh.shape))
+        else:
+            logging.info("Model %s: a %s of %s trainable parameters on the frozen base %s (%s "
+                         "parameters); mesh %s.", name, experiment.frozen.kind,
+                         f"{count_params(state.params):,}", experiment.frozen.identity.folder,
+                         f"{count_params(experiment.frozen.params):,}", dict(mesh.shape))
     if preemption.stop_before_first_step():
         return _stop_during_start_up(step, checkpointer, workdir, state)
     if step >= t_cfg.num_train_steps:
@@ -142,7 +160,8 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     loader = context.enter_context(data_lib.DevicePrefetch(data_lib.TrainLoader(
         config.data, global_batch_size=t_cfg.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        source=LatentSource(config.data.latent_dir) if uses_cache(config) else None),
+        source=LatentSource(config.data.latent_dir) if uses_cache(config) else
+        training_source(config.data)),
         batch_sharding(mesh), size=config.data.prefetch))
     if data_state is not None:
         loader.set_state(data_state)
@@ -151,8 +170,12 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     # The config beside the curves (TensorBoard's Text tab), at every start: what this run is.
     writer.write_texts(step, {"config": config_text(config)})
 
+    frozen = experiment.frozen
+    # A frozen base is one more (never donated) argument of the step: (state, batch, base).
+    frozen_args = () if frozen is None else (frozen.params,)
     objective = objective_for(experiment)
     train_step = jit_train_step(experiment, objective)
+    record = frozen.record() if frozen is not None else {}
     decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
     if decoder is not None:  # latents of an older first stage would train a model it can't decode
         check_first_stage(config, decoder, required=True)
@@ -162,7 +185,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     context.enter_context(experiment.activate())
     first_batch = next(loader)
     compile_start = time.perf_counter()
-    compiled_step = train_step.lower(state, first_batch).compile()
+    compiled_step = train_step.lower(state, first_batch, *frozen_args).compile()
     compile_seconds = time.perf_counter() - compile_start
     throughput = Throughput(batch_size=t_cfg.batch_size, flops_per_step=compiled_flops(compiled_step),
                             num_devices=mesh.size)
@@ -194,7 +217,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
         while step < t_cfg.num_train_steps:
             if batch is None:
                 batch = next(loader)
-            state, metrics = compiled_step(state, batch)
+            state, metrics = compiled_step(state, batch, *frozen_args)
             batch = None
             step += 1
             pending_metrics.append(metrics)
@@ -213,13 +236,16 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
             if step % t_cfg.sample_every_steps == 0 or final:
-                sample_path = write_grid(state.ema_params, step) or sample_path
+                sample_path = write_grid(experiment.network_params(state.ema_params),
+                                         step) or sample_path
             if evaluate_held_out is not None and step % t_cfg.eval_every_steps == 0:
-                writer.write_scalars(step, {"eval_loss": evaluate_held_out(state.ema_params)})
+                writer.write_scalars(step, {"eval_loss": evaluate_held_out(
+                    experiment.network_params(state.ema_params))})
             preempted = preemption.should_stop(step, checkpointer)
             if step % t_cfg.checkpoint_every_steps == 0 or final or preempted:
                 raise_if_nonfinite(state, last_saved)
-                checkpointer.save(step, state, loader.get_state(), checkpoint_bytes)
+                checkpointer.save(step, state, {**loader.get_state(), **record},
+                                  checkpoint_bytes)
                 last_saved = step
             if preempted:
                 logging.warning("Preempted: checkpoint saved at step %d.", step)

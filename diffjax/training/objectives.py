@@ -129,7 +129,22 @@ class AutoencoderObjective:
         return jnp.mean(per_example), {k: jnp.mean(v) for k, v in metrics.items()}
 
 
+class ControlNetObjective(DiffusionObjective):
+    """The diffusion loss of a ControlNet run: each image's conditioning (`model.controlnet`,
+    diffjax/data/conditions.py) is computed in-graph from the clean image and reaches the
+    network with the labels as {"labels", "cond"}."""
+
+    def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+        from diffjax.data.conditions import from_uint8, get_condition
+
+        inputs = super().prepare(batch, rng)
+        cond = get_condition(self.config.model.controlnet)(from_uint8(batch["image"]))
+        return {"x0": inputs["x0"], "labels": {"labels": inputs.get("labels"), "cond": cond}}
+
+
 def objective_for(experiment: Experiment) -> Objective:
     if experiment.task == "autoencoder":
         return AutoencoderObjective(experiment.config, experiment.model)
+    if experiment.frozen is not None and experiment.frozen.kind == "controlnet":
+        return ControlNetObjective(experiment.config, experiment.model, experiment.sde)
     return DiffusionObjective(experiment.config, experiment.model, experiment.sde)

@@ -42,16 +42,26 @@ def ema_decay(training_config, step: jax.Array) -> jax.Array:
 
 def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                     optimizer: optax.GradientTransformation,
-                    objective: Objective | None = None) -> Callable:
-    """`train_step(state, batch) -> (state, metrics)` for `objective` (default: diffusion)."""
+                    objective: Objective | None = None,
+                    combine: Callable | None = None) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)` for `objective` (default: diffusion).
+
+    With `combine` (a LoRA adapter's or a ControlNet's frozen base, `storage.base_runs`) it is
+    `train_step(state, batch, frozen)`: the loss sees `combine(frozen, state.params)`, and the
+    gradient, optimizer moments and EMA exist for `state.params` only."""
     t = config.training
     base_key = jax.random.key(config.seed)
     objective = objective or DiffusionObjective(config, model, sde)
 
-    def gradients(params, inputs, rng):
+    def gradients(params, inputs, rng, frozen):
         """Mean loss, metrics and gradient over the global batch, in `microbatches` passes."""
         k = t.microbatches
-        value_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
+        if combine is None:
+            loss_fn = objective.loss
+        else:
+            def loss_fn(trained, inputs, rng):
+                return objective.loss(combine(frozen, trained), inputs, rng)
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         if k == 1:
             (loss, metrics), grad = value_and_grad(params, inputs, rng)
             return loss, metrics, grad
@@ -66,7 +76,7 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
             return jax.tree.map(jnp.add, carry, (loss, metrics, grad)), None
 
         micro0 = jax.tree.map(lambda a: a[: a.shape[0] // k], inputs)
-        metrics_shape = jax.eval_shape(lambda: objective.loss(params, micro0, rng)[1])
+        metrics_shape = jax.eval_shape(lambda: loss_fn(params, micro0, rng)[1])
         zeros = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                              metrics_shape),
                  jax.tree.map(jnp.zeros_like, params))
@@ -74,11 +84,11 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
                                 (jnp.arange(k), jax.tree.map(split, inputs)))
         return jax.tree.map(lambda v: v / k, total)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, frozen=None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_key, state.step)
         data_rng, loss_rng = jax.random.split(rng)
         inputs = objective.prepare(batch, data_rng)
-        loss, metrics, grad = gradients(state.params, inputs, loss_rng)
+        loss, metrics, grad = gradients(state.params, inputs, loss_rng, frozen)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(t, state.step)
@@ -111,10 +121,13 @@ def jit_train_step(experiment: Experiment, objective: Objective | None = None) -
     `experiment.spec.abstract` and `abstract_batch` for a TPU topology, so what it reports is
     what a launch would run.
     """
-    mesh = experiment.mesh
+    mesh, frozen = experiment.mesh, experiment.frozen
     step = make_train_step(experiment.config, experiment.model, experiment.sde,
-                           experiment.optimizer, objective or objective_for(experiment))
-    return jax.jit(step, in_shardings=(experiment.spec.shardings, batch_sharding(mesh)),
+                           experiment.optimizer, objective or objective_for(experiment),
+                           combine=frozen.combine if frozen is not None else None)
+    # A frozen base (LoRA, ControlNet) is a third argument, never donated: (state, batch, base).
+    base = () if frozen is None else (frozen.shardings,)
+    return jax.jit(step, in_shardings=(experiment.spec.shardings, batch_sharding(mesh)) + base,
                    out_shardings=(experiment.spec.shardings, replicated(mesh)),
                    donate_argnums=(0,))
 

@@ -1,4 +1,5 @@
-"""transformers model folders (config.json + model.safetensors) read with numpy, no torch.
+"""Published model folders (transformers' and diffusers' `save_pretrained` layouts) read with
+numpy, no torch: finding the folder, its JSON files and its safetensors weights.
 
 A text encoder is published as what transformers' `save_pretrained` writes: `config.json` and
 `model.safetensors` (or the half-precision variant `model.fp16.safetensors`, or a sharded
