@@ -15,7 +15,7 @@ from diffjax.experiment import example_condition
 from diffjax.models import build_model
 
 SECTION_ORDER = ["data", "model", "autoencoder", "classifier", "pipeline", "sde", "training",
-                 "optim", "sampling", "eval", "mesh"]
+                 "optim", "sampling", "eval", "mesh", "compile"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit", "text",
                   "text,test", "consistency", "meanflow", "distill", "test,meanflow,cond,dit"],

@@ -3,7 +3,7 @@
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
 Sections come in a fixed order: data, model, autoencoder, classifier, pipeline, sde, training,
-optim, sampling, eval, mesh.
+optim, sampling, eval, mesh, compile.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 
@@ -362,4 +362,13 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.dcn_fsdp = 1
     mesh.dcn_tensor = 1
     mesh.rules = DEFAULT_RULES
+
+    # --mode=compile (diffjax/modes/compile.py): the train step or sampler compiled for a TPU
+    # topology on this host (libtpu's compiler, no TPU): memory per chip, FLOPs, collectives.
+    config.compile = compile_ = ml_collections.ConfigDict()
+    compile_.topology = ""  # v4-8, v5p-256, v5e-16 (= v5litepod-16), v6e-8, v5p:4x4x12, or cpu
+    compile_.num_slices = 1  # slices joined by DCN; the mesh's dcn_* sizes must multiply to it
+    compile_.what = "train"  # "train" (the train step) or "sample" (the configured sampler)
+    compile_.save_executable = ""  # a path: also write the serialized executable there
+    compile_.memory_per_chip_gib = 0.0  # 0 = the chip's usable HBM (cpu: RAM / devices)
     return config

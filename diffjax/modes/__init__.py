@@ -86,6 +86,13 @@ def _likelihood(config, workdir: str) -> dict[str, Any]:
     return evaluate_likelihood(config, workdir)
 
 
+def _compile(config, workdir: str) -> dict[str, Any]:
+    """the train step (or sampler) compiled for compile.topology: memory per chip, FLOPs"""
+    from diffjax.modes.compile import compile_mode
+
+    return compile_mode(config, workdir)
+
+
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
     "train_autoencoder": _train_autoencoder,
@@ -95,6 +102,7 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
     "eval": _eval,
     "sample": _sample,
     "likelihood": _likelihood,
+    "compile": _compile,
 }
 
 

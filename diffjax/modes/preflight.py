@@ -13,6 +13,8 @@ Three layers, cheapest first:
    image sizes that the network cannot take fail here with the network's own message), then the
    train step (train mode) and the configured sampler under `jax.eval_shape`, which checks every
    sampler option with the sampler's own error.
+`--mode=compile` reads no data and checks its own keys, the topology and the mesh over the
+topology's abstract devices instead (`check_compile`); its lowering is the trace.
 """
 
 from __future__ import annotations
@@ -144,40 +146,14 @@ def check_classifier(config, mode: str) -> None:
 
 
 def trace_train_step(config, experiment, teacher=None) -> None:
-    from diffjax.latents.latent_mode import is_latent, model_input_shape
-    from diffjax.latents.text_cache import conditioning_shapes, is_text
     from diffjax.training.objectives import objective_for
-    from diffjax.training.step import make_train_step
+    from diffjax.training.step import abstract_batch, jit_train_step, step_arguments
 
-    d = config.data
-    b = config.training.batch_size
-    batch = {"label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    diffusion = experiment.task == "diffusion"
-    if diffusion and is_text(config):
-        k, (length, width, pooled) = int(d.captions_per_image), conditioning_shapes(config)
-        stored = jnp.dtype(d.latent_dtype)
-        batch.update(text_states=jax.ShapeDtypeStruct((b, k, length, width), stored),
-                     text_mask=jax.ShapeDtypeStruct((b, k, length), jnp.uint8),
-                     text_pooled=jax.ShapeDtypeStruct((b, k, pooled), stored),
-                     num_captions=jax.ShapeDtypeStruct((b,), jnp.int32))
-    if is_latent(config) and diffusion:
-        latent = jax.ShapeDtypeStruct((b, *model_input_shape(config)), jnp.dtype(d.latent_dtype))
-        batch.update(mean=latent, std=latent)
-    else:
-        batch["image"] = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.num_channels),
-                                              jnp.uint8)
-    frozen = experiment.frozen
     objective = objective_for(experiment, teacher)
-    step = make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                           objective, combine=frozen.combine if frozen is not None else None)
-    constants = getattr(objective, "constants", None)
-    extra = ()
-    if frozen is not None or constants is not None:
-        extra = (None if frozen is None else frozen.abstract,)
-    if constants is not None:
-        extra += (constants,)
     with experiment.activate():
-        jax.eval_shape(step, experiment.spec.abstract, batch, *extra)
+        jax.eval_shape(jit_train_step(experiment, objective), experiment.spec.abstract,
+                       abstract_batch(experiment),
+                       *step_arguments(experiment, objective, abstract=True))
 
 
 def check_latent_mode(config, mode: str) -> None:
@@ -297,6 +273,55 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
                        jax.random.key(0))
 
 
+def check_compile(config):
+    """`--mode=compile`: its keys, the topology's name (and libtpu for a TPU), the mesh over the
+    topology's devices and the batch over its data-parallel chips and hosts; the experiment."""
+    import math
+
+    from diffjax.experiment import build_experiment
+    from diffjax.parallel import topologies
+    from diffjax.parallel.mesh import batch_axis_size
+
+    c = config.compile
+    if not str(c.topology).strip():
+        fail("compile.topology", c.topology, "is empty", "name a TPU slice (v4-8, v5p-256, "
+             "v5e-16, v6e-8), a shape (v5p:4x4x12) or cpu")
+    if c.what not in ("train", "sample"):
+        fail("compile.what", c.what, "is not train or sample", "set --config.compile.what=train "
+             "(the train step) or sample (the configured sampler)")
+    if c.num_slices < 1:
+        fail("compile.num_slices", c.num_slices, "must be >= 1", "set the number of slices")
+    if c.memory_per_chip_gib < 0:
+        fail("compile.memory_per_chip_gib", c.memory_per_chip_gib, "must be >= 0",
+             "set 0 for the chip's HBM")
+    dcn = math.prod(int(config.mesh[f"dcn_{axis}"]) for axis in ("data", "fsdp", "tensor"))
+    if dcn != c.num_slices:
+        fail("compile.num_slices", c.num_slices, f"differs from the {dcn} slice(s) of the DCN "
+             f"mesh (mesh.dcn_data x dcn_fsdp x dcn_tensor)",
+             f"set --config.mesh.dcn_data={c.num_slices} (or another dcn_ axis) with it")
+    try:
+        if str(c.topology).strip().lower() != "cpu":
+            topologies.parse(c.topology)
+        target = topologies.compile_target(c.topology, int(c.num_slices))
+    except topologies.TopologyError as error:
+        raise ConfigError(f"config.compile.topology={c.topology!r}: {error}") from None
+    from diffjax.modes.compile import without_first_stage_weights
+
+    experiment = build_experiment(without_first_stage_weights(config), devices=target.devices)
+    parallel = batch_axis_size(experiment.mesh)
+    b, k = config.training.batch_size, config.training.microbatches
+    if c.what == "train":
+        if b % k or (b // k) % parallel:
+            fail("training.batch_size", b,
+                 f"with microbatches={k} does not give a per-pass batch divisible by the "
+                 f"{parallel} data-parallel chips of {target.name} (mesh data x fsdp)",
+                 f"use a multiple of {k * parallel}")
+        if b % target.num_hosts:
+            fail("training.batch_size", b, f"is not divisible by the {target.num_hosts} hosts "
+                 f"of {target.name}", f"use a multiple of {target.num_hosts}")
+    return experiment
+
+
 def validate(config, mode: str):
     """Raises ConfigError (or the builders' ValueError) naming the first bad key; returns the
     Experiment it built so callers need not build it again."""
@@ -307,6 +332,8 @@ def validate(config, mode: str):
         return check_pipeline(config, mode)
     check_objective(config)
     check_eval_selection(config)
+    if mode == "compile":
+        return check_compile(config)
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
              "set it to the number of classes")

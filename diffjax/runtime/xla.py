@@ -6,6 +6,8 @@
   cache gets the flags without a second call.
 - A persistent XLA compilation cache: compiling a U-Net train step takes tens of seconds on a CPU
   and is identical across runs of the same config, so reruns, resumes and tests reuse it.
+- No TPU backend on a host without TPU chips (`skip_absent_tpu`): libtpu, installed to compile for
+  TPUs (`--mode=compile`), would otherwise be started by every JAX process on a CPU host.
 """
 
 from __future__ import annotations
@@ -86,12 +88,49 @@ def configure_xla_flags() -> str:
     return merged
 
 
+def skip_absent_tpu() -> bool:
+    """Makes JAX's TPU backend fail at once, without loading libtpu, when libtpu is installed but
+    this host has no TPU chip and the user chose no platforms (JAX_PLATFORMS); returns whether
+    it did.
+
+    JAX would try a TPU client in every process: 0.4 s, six lines of libtpu warnings about
+    worker hostnames on stderr, and libtpu's lock file held for the life of the process, so a
+    second JAX process on the host cannot load libtpu (to compile for a TPU topology) until the
+    first ends. Compiling for a topology needs libtpu's compiler, never its client. "tpu" stays
+    a known platform (modules register TPU lowerings as they import).
+    """
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or _backends_started():
+        return False
+    try:
+        import dataclasses
+        import importlib.util
+
+        from jax._src import hardware_utils, xla_bridge
+
+        registration = xla_bridge._backend_factories.get("tpu")
+        if registration is None or importlib.util.find_spec("libtpu") is None:
+            return False
+        if hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
+            return False
+        xla_bridge._backend_factories["tpu"] = dataclasses.replace(
+            registration, factory=_no_tpu_chip, fail_quietly=True)
+        return True
+    except (ImportError, AttributeError, TypeError):  # a JAX without these private helpers
+        return False
+
+
+def _no_tpu_chip():
+    raise RuntimeError("this host has no TPU chip (libtpu is installed to compile for TPUs)")
+
+
 def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """Turns on the persistent cache (DIFFJAX_COMPILATION_CACHE=off disables it).
 
-    Also applies `configure_xla_flags`: both are set once, before the first computation.
+    Also applies `configure_xla_flags` and `skip_absent_tpu`: all are set once, before the first
+    computation.
     """
     configure_xla_flags()
+    skip_absent_tpu()
     cache_dir = cache_dir or os.environ.get("DIFFJAX_COMPILATION_CACHE", DEFAULT_CACHE_DIR)
     if cache_dir == "off":
         return None

@@ -119,6 +119,13 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
                               _on_devices(mesh, labels, padded))
         return (samples if padded == batch_size else samples[:batch_size]), nfe
 
+    def lower(params, rng, labels):
+        """The sampler lowered for abstract arguments (`--mode=compile`): labels of the padded
+        batch size, split over the data axes like `_on_devices` splits them."""
+        return jitted.lower(params, decoder_params, rng, labels)
+
+    generate_any_size.lower = lower
+    generate_any_size.padded_batch_size = padded
     return generate_any_size
 
 

@@ -152,7 +152,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
 # Keys whose change never alters a parameter shape: left out of "which keys differ" messages.
 _SHAPE_NEUTRAL_PREFIXES = ("training.", "optim.lr", "optim.warmup", "optim.schedule",
                            "optim.decay", "optim.grad_clip", "sampling.", "eval.", "mesh.",
-                           "seed", "data.data_dir", "data.split", "data.eval_split",
+                           "compile.", "seed", "data.data_dir", "data.split", "data.eval_split",
                            "data.dequantize", "data.random_flip", "logging.")
 
 

@@ -29,7 +29,7 @@ from diffjax.latents.reader import check_first_stage
 from diffjax.outputs.metric_writers import create_writer
 from diffjax.parallel import peers
 from diffjax.parallel.mesh import batch_axis_size
-from diffjax.parallel.sharding import batch_sharding, replicated
+from diffjax.parallel.sharding import batch_sharding
 from diffjax.runtime.preemption import PreemptionWatcher
 from diffjax.state.optimizer import learning_rate_schedule
 from diffjax.state.train_state import TrainState, count_params, create_state, state_bytes
@@ -40,7 +40,7 @@ from diffjax.training.grids import grid_for
 from diffjax.training.held_out import held_out_loss
 from diffjax.training.objectives import objective_for
 from diffjax.training.progress import Progress
-from diffjax.training.step import make_train_step
+from diffjax.training.step import jit_train_step, step_arguments
 from diffjax.training.throughput import Throughput, compiled_flops
 
 
@@ -189,28 +189,12 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
     # The config beside the curves (TensorBoard's Text tab), at every start: what this run is.
     writer.write_texts(step, {"config": config_text(config)})
 
-    batch_spec = batch_sharding(mesh)
     frozen = experiment.frozen
     objective = objective_for(experiment, teacher)
+    train_step = jit_train_step(experiment, objective)
     # Frozen arrays are arguments of the step (never donated), not constants: a frozen base
-    # (LoRA, ControlNet) and the objective's own (a distillation teacher's parameters), as
-    # train_step(state, batch, frozen, constants).
-    constants = getattr(objective, "constants", None)
-    step_args, step_shardings = (), ()
-    if frozen is not None or constants is not None:
-        step_args = (None if frozen is None else frozen.params,)
-        step_shardings = (None if frozen is None else frozen.shardings,)
-    if constants is not None:
-        step_args += (constants,)
-        step_shardings += (objective.constant_shardings,)
-    train_step = jax.jit(
-        make_train_step(config, experiment.model, experiment.sde, experiment.optimizer,
-                        objective,
-                        combine=frozen.combine if frozen is not None else None),
-        in_shardings=(experiment.spec.shardings, batch_spec) + step_shardings,
-        out_shardings=(experiment.spec.shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    # (LoRA, ControlNet) and the objective's own (a distillation teacher's parameters).
+    step_args = step_arguments(experiment, objective)
     record = frozen.record() if frozen is not None else {}
     decoder = load_first_stage(config, mesh=mesh) if is_latent(config) else None
     if decoder is not None:  # latents of an older first stage would train a model it can't decode

@@ -1,4 +1,6 @@
-"""The pure train step `(state, batch) -> (state, metrics)`, for any objective (`objectives.py`).
+"""The pure train step `(state, batch) -> (state, metrics)`, for any objective (`objectives.py`),
+and `jit_train_step`, the one sharded, jitted form of it that training runs and `--mode=compile`
+compiles for a TPU topology (with `abstract_batch`, the shapes of a global batch).
 
 Randomness of step s comes from fold_in(key(seed), s) only, so a run is a pure function of the
 config and the seed, whatever the mesh (threefry is partitionable: sharded draws equal unsharded).
@@ -17,8 +19,12 @@ import jax.numpy as jnp
 import optax
 
 from diffjax.diffusion.processes import LinearSDE
+from diffjax.experiment import Experiment
+from diffjax.latents.latent_mode import is_latent, model_input_shape
+from diffjax.latents.text_cache import conditioning_shapes, is_text
+from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.state.train_state import TrainState
-from diffjax.training.objectives import DiffusionObjective, Objective
+from diffjax.training.objectives import DiffusionObjective, Objective, objective_for
 
 
 def ema_decay(training_config, step: jax.Array) -> jax.Array:
@@ -111,3 +117,69 @@ def make_train_step(config, model: nn.Module, sde: LinearSDE | None,
         return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics}
 
     return train_step
+
+
+def jit_train_step(experiment: Experiment, objective: Objective | None = None) -> Callable:
+    """The train step of `experiment` as training runs it: jitted with the state's shardings in
+    and out, the batch split over the data axes, the incoming state donated.
+
+    The training loop calls it with real arrays; `--mode=compile` lowers the same function with
+    `experiment.spec.abstract` and `abstract_batch` for a TPU topology, so what it reports is
+    what a launch would run.
+    """
+    mesh, frozen = experiment.mesh, experiment.frozen
+    objective = objective or objective_for(experiment)
+    step = make_train_step(experiment.config, experiment.model, experiment.sde,
+                           experiment.optimizer, objective,
+                           combine=frozen.combine if frozen is not None else None)
+    constants = getattr(objective, "constants", None)
+    extra = ()
+    if frozen is not None or constants is not None:
+        extra = (None if frozen is None else frozen.shardings,)
+    if constants is not None:
+        extra += (objective.constant_shardings,)
+    return jax.jit(step, in_shardings=(experiment.spec.shardings, batch_sharding(mesh)) + extra,
+                   out_shardings=(experiment.spec.shardings, replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def step_arguments(experiment: Experiment, objective: Objective, abstract: bool = False
+                   ) -> tuple:
+    """The step's arguments after (state, batch), never donated: (frozen base, constants) as
+    far as they exist — a LoRA/ControlNet base and the objective's own arrays (a distillation
+    teacher's parameters); shapes only when `abstract`."""
+    frozen = experiment.frozen
+    constants = getattr(objective, "constants", None)
+    if frozen is None and constants is None:
+        return ()
+    args = (None if frozen is None else (frozen.abstract if abstract else frozen.params),)
+    if constants is not None:
+        args += (jax.eval_shape(lambda: constants) if abstract else constants,)
+    return args
+
+
+def abstract_batch(experiment: Experiment) -> dict[str, jax.ShapeDtypeStruct]:
+    """One global training batch as the loader yields it (shapes, dtypes, batch sharding):
+    {"image" uint8, "label"} of pixels, or {"mean", "std" (storage dtype), "label"} of latents,
+    plus the cached text-encoder outputs of a text model."""
+    config = experiment.config
+    d, b = config.data, config.training.batch_size
+    sharding = batch_sharding(experiment.mesh)
+
+    def array(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
+
+    batch = {"label": array((b,), jnp.int32)}
+    diffusion = experiment.task == "diffusion"
+    if diffusion and is_text(config):  # k cached encoder outputs per image (text_cache.py)
+        k, (length, width, pooled) = int(d.captions_per_image), conditioning_shapes(config)
+        batch.update(text_states=array((b, k, length, width), d.latent_dtype),
+                     text_mask=array((b, k, length), jnp.uint8),
+                     text_pooled=array((b, k, pooled), d.latent_dtype),
+                     num_captions=array((b,), jnp.int32))
+    if is_latent(config) and diffusion:
+        latent = array((b, *model_input_shape(config)), d.latent_dtype)
+        batch.update(mean=latent, std=latent)
+    else:
+        batch["image"] = array((b, d.image_size, d.image_size, d.num_channels), jnp.uint8)
+    return batch
