@@ -25,33 +25,39 @@ from diffjax.state.train_state import create_state  # noqa: E402
 from diffjax.training.objectives import objective_for  # noqa: E402
 from diffjax.training.step import make_train_step  # noqa: E402
 
-out = {}
-for variant in sys.argv[1:]:
-    config = config_lib.load("configs/digits.py" + ("" if variant == "vp" else f":{variant}"), {})
-    e = build_experiment(config)
-    state = create_state(e.model, e.optimizer, example_input(config), config.seed, e.spec)
-    d, rng, b = config.data, np.random.default_rng(0), config.training.batch_size
-    batch = jax.device_put(
-        {"image": rng.integers(0, 256, (b, d.image_size, d.image_size, d.num_channels),
-                               dtype=np.uint8),
-         "label": rng.integers(0, d.num_classes, (b,), dtype=np.int32)}, batch_sharding(e.mesh))
-    step = jax.jit(make_train_step(config, e.model, e.sde, e.optimizer, objective_for(e)),
-                   in_shardings=(e.spec.shardings, batch_sharding(e.mesh)),
-                   out_shardings=(e.spec.shardings, replicated(e.mesh)), donate_argnums=(0,))
-    with jax.set_mesh(e.mesh), nn.logical_axis_rules(e.rules):
-        t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
-        ct = time.perf_counter() - t0
-    best = 0
-    for _ in range(3):
+
+def main(variants):
+    out = {}
+    for variant in variants:
+        config = config_lib.load("configs/digits.py" + ("" if variant == "vp" else f":{variant}"), {})
+        e = build_experiment(config)
+        state = create_state(e.model, e.optimizer, example_input(config), config.seed, e.spec)
+        d, rng, b = config.data, np.random.default_rng(0), config.training.batch_size
+        batch = jax.device_put(
+            {"image": rng.integers(0, 256, (b, d.image_size, d.image_size, d.num_channels),
+                                   dtype=np.uint8),
+             "label": rng.integers(0, d.num_classes, (b,), dtype=np.int32)}, batch_sharding(e.mesh))
+        step = jax.jit(make_train_step(config, e.model, e.sde, e.optimizer, objective_for(e)),
+                       in_shardings=(e.spec.shardings, batch_sharding(e.mesh)),
+                       out_shardings=(e.spec.shardings, replicated(e.mesh)), donate_argnums=(0,))
+        with jax.set_mesh(e.mesh), nn.logical_axis_rules(e.rules):
+            t0 = time.perf_counter()
+            compiled = step.lower(state, batch).compile()
+            ct = time.perf_counter() - t0
+        best = 0
         for _ in range(3):
-            state, m = compiled(state, batch)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(10):
-            state, m = compiled(state, batch)
-        jax.block_until_ready(state)
-        best = max(best, 10 / (time.perf_counter() - t0))
-    out[variant] = {"steps_per_s": round(best, 2), "compile_s": round(ct, 1)}
-    print(variant, out[variant], flush=True)
-print("RESULT", json.dumps(out))
+            for _ in range(3):
+                state, m = compiled(state, batch)
+            jax.block_until_ready(state)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                state, m = compiled(state, batch)
+            jax.block_until_ready(state)
+            best = max(best, 10 / (time.perf_counter() - t0))
+        out[variant] = {"steps_per_s": round(best, 2), "compile_s": round(ct, 1)}
+        print(variant, out[variant], flush=True)
+    print("RESULT", json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

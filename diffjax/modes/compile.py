@@ -44,7 +44,8 @@ from diffjax.parallel.topologies import (CPU, CompileTarget, compile_target,
                                          host_memory_gib_per_device)
 from diffjax.runtime.cli import UserError
 from diffjax.storage import filesystem as fs
-from diffjax.training.step import abstract_batch, jit_train_step
+from diffjax.training.objectives import objective_for
+from diffjax.training.step import abstract_batch, jit_train_step, step_arguments
 
 GIB = 2.0**30
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -121,13 +122,15 @@ class Plan:
 
 def _train_plan(experiment: Experiment) -> Plan:
     state, batch = experiment.spec.abstract, abstract_batch(experiment)
-    step = jit_train_step(experiment)  # outside the mesh: it computes its base key eagerly
-    base = () if experiment.frozen is None else (experiment.frozen.abstract,)
+    objective = objective_for(experiment)
+    step = jit_train_step(experiment, objective)  # outside the mesh: it computes its key eagerly
+    extra = step_arguments(experiment, objective, abstract=True)
     with experiment.activate():
-        lowered = step.lower(state, batch, *base)
+        lowered = step.lower(state, batch, *extra)
     inputs = {"parameters": state.params, "EMA parameters": state.ema_params,
               "optimizer state": state.opt_state, "batch": batch,
-              **({"frozen base": base[0]} if base else {})}
+              **({"frozen base": extra[0]} if extra and extra[0] is not None else {}),
+              **({"objective constants": extra[1]} if len(extra) > 1 else {})}
     t = experiment.config.training
     return Plan("train", lowered, inputs, int(t.microbatches), "microbatch", int(t.batch_size))
 

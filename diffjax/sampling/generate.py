@@ -122,7 +122,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     def lower(params, rng, labels):
         """The sampler lowered for abstract arguments (`--mode=compile`): labels of the padded
         batch size, split over the data axes like `_on_devices` splits them."""
-        return jitted.lower(params, decoder_params, rng, labels)
+        return jitted.lower(params, decoder_params, classifier_params, rng, labels)
 
     generate_any_size.lower = lower
     generate_any_size.padded_batch_size = padded
