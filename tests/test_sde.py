@@ -109,4 +109,4 @@ def test_drifts_with_the_exact_score_of_a_gaussian(sde):
 
 def test_registry_names():
     assert {name: cls.name for name, cls in PROCESSES.items()} == {
-        name: name for name in ("vp", "subvp", "ve", "cosine", "ddpm", "flow", "edm")}
+        name: name for name in ("vp", "subvp", "ve", "cosine", "ddpm", "flow", "edm", "trigflow")}

@@ -169,6 +169,9 @@ def sample(config, workdir: str) -> dict[str, Any]:
     batch_size = min(int(s_cfg.batch_size), num_samples)
     out_dir = fs.join(workdir, "samples")
     is_chief = jax.process_index() == 0
+    if not fs.is_dir(fs.join(workdir, "checkpoints")):  # a mistyped --workdir: nothing created
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first "
+                                f"(--mode=train --workdir={workdir}).")
     if is_chief:  # before sampling everything: a read-only workdir fails now
         from diffjax.storage.workdir import check_writable
 
