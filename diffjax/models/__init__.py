@@ -70,15 +70,21 @@ def build_ncsnpp(config) -> nn.Module:
     )
 
 
+def _dit_shape(d) -> dict:
+    """DiT/PixArt sizes: a named size (S/B/L/XL) or model.dit's own numbers."""
+    from diffjax.models.dit import dit_kwargs
+
+    if d.size:
+        return dit_kwargs(d.size, d.patch_size)
+    return dict(patch_size=d.patch_size, hidden_size=d.hidden_size, depth=d.depth,
+                num_heads=d.num_heads)
+
+
 def build_dit(config) -> nn.Module:
-    from diffjax.models.dit import DiT, dit_kwargs
+    from diffjax.models.dit import DiT
 
     m, d = config.model, config.model.dit
-    if d.size:
-        shape = dit_kwargs(d.size, d.patch_size)
-    else:
-        shape = dict(patch_size=d.patch_size, hidden_size=d.hidden_size, depth=d.depth,
-                     num_heads=d.num_heads)
+    shape = _dit_shape(d)
     return DiT(
         **shape, mlp_ratio=d.mlp_ratio, num_classes=_num_classes(config),
         label_dropout=_label_dropout(config), pos_embed=d.pos_embed,
@@ -90,15 +96,10 @@ def build_dit(config) -> nn.Module:
 
 def build_pixart(config) -> nn.Module:
     """A text-conditional DiT (PixArt-alpha): model.dit's sizes, text from the data's encoder."""
-    from diffjax.models.dit import dit_kwargs
     from diffjax.models.pixart import PixArt
 
     m, d = config.model, config.model.dit
-    if d.size:
-        shape = dit_kwargs(d.size, d.patch_size)
-    else:
-        shape = dict(patch_size=d.patch_size, hidden_size=d.hidden_size, depth=d.depth,
-                     num_heads=d.num_heads)
+    shape = _dit_shape(d)
     if m.conditional:
         raise ValueError("model.name='pixart' is conditioned on text, not class labels; set "
                          "--config.model.conditional=False and --config.data.text_encoder.")
