@@ -269,7 +269,8 @@ def classifier_network(module: nn.Module, params):
 def score_fn_for(config, model: nn.Module, sde: LinearSDE, params, *, labels=None, train=False,
                  dropout_rng=None, guidance_scale: float = CONDITIONAL,
                  score_guidance=None) -> ModelFn:
-    """The model function of `params`: a score function with `.predict` (see diffjax.diffusion.parameterization).
+    """The model function of `params`: a score function with `.predict` (see
+    diffjax.diffusion.parameterization).
 
     It carries the configured parameterisation, input scaling, learned-variance split (DiT's
     learn_sigma), second time input (MeanFlow), classifier-free guidance, and `score_guidance`
@@ -410,13 +411,21 @@ def load_classifier(config, devices=None) -> Classifier:
     experiment = build_experiment(classifier_training_config(config), devices,
                                   task="classifier")
     checkpointer = Checkpointer(run, async_save=False, max_to_keep=None, create=False)
+    params, step = newest_ema_params(experiment, checkpointer, f"The classifier run {run} has "
+                                     f"no checkpoint; train it with --mode=train_classifier.")
+    return Classifier(experiment.model, params, step)
+
+
+def newest_ema_params(experiment: Experiment, checkpointer: Checkpointer, missing: str):
+    """(EMA parameters, step) of the newest checkpoint of a run this one builds on (a guiding
+    classifier, a distillation teacher); closes `checkpointer`; `missing` is the error when
+    there is none."""
     try:
         step = checkpointer.latest_step()
         if step is None:
-            raise FileNotFoundError(f"The classifier run {run} has no checkpoint; train it with "
-                                    f"--mode=train_classifier.")
+            raise FileNotFoundError(missing)
         with experiment.activate():
             state, _ = checkpointer.restore(experiment.spec, step)
     finally:
         checkpointer.close()
-    return Classifier(experiment.model, state.ema_params, step)
+    return state.ema_params, step

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.config.schema import base_config
-from diffjax.experiment import Experiment, build_experiment, open_checkpoints
+from diffjax.experiment import Experiment, build_experiment, newest_ema_params, open_checkpoints
 from diffjax.storage import filesystem as fs, workdir as workdir_lib
 from diffjax.storage.checkpoints import first_difference, flat_shapes
 
@@ -87,19 +87,12 @@ def teacher_experiment(config, devices=None) -> tuple[Any, Experiment]:
 def load_teacher(config, devices=None) -> Teacher:
     """The teacher of `config` with its newest checkpoint's EMA parameters."""
     teacher, experiment = teacher_experiment(config, devices)
-    checkpointer = open_checkpoints(config.model.teacher)
-    try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"model.teacher={config.model.teacher!r} has no checkpoint; "
-                                    f"train it first.")
-        with experiment.activate():
-            state, _ = checkpointer.restore(experiment.spec, step)
-    finally:
-        checkpointer.close()
+    params, step = newest_ema_params(
+        experiment, open_checkpoints(config.model.teacher),
+        f"model.teacher={config.model.teacher!r} has no checkpoint; train it first.")
     logging.info("Teacher %s: step %d, %s, %s output.", config.model.teacher, step,
                  teacher.sde.name, teacher.model.parameterization)
-    return Teacher(teacher, experiment, state.ema_params, step)
+    return Teacher(teacher, experiment, params, step)
 
 
 def initial_params(student_params, teacher_params):
