@@ -15,7 +15,7 @@ from diffjax.experiment import example_condition
 from diffjax.models import build_model
 
 SECTION_ORDER = ["data", "model", "autoencoder", "classifier", "pipeline", "sde", "training",
-                 "optim", "sampling", "eval", "mesh", "compile"]
+                 "optim", "sampling", "eval", "mesh", "compile", "export"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit", "text",
                   "text,test", "consistency", "meanflow", "distill", "test,meanflow,cond,dit"],
@@ -30,7 +30,7 @@ CONFIGS = {
     "imagenet256_sit.py": [None, "S", "B", "L", "XL"],
     "cifar10_scm.py": [None, "distill"],
     "imagenet256_meanflow.py": [None, "B", "XL"],
-    "sd.py": [None, "sd21", "sdxl", "test", "sdxl,test"],
+    "sd.py": [None, "sd21", "sdxl", "test", "sdxl,test", "finetune", "finetune,sd21,test"],
 }
 # Parameter counts of the published networks, as their reference code counts them (sum of
 # model.parameters(), measured with torch): NVlabs/edm's EDMPrecond(SongUNet) at train.py's

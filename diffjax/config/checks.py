@@ -77,6 +77,8 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.meanflow.norm_p": _at_least(0.0),
     "training.meanflow.norm_eps": _positive(),
     "sampling.classifier_scale": _at_least(0.0),
+    "training.min_snr_gamma": _at_least(0.0),
+    "training.noise_offset": _at_least(0.0),
 }
 
 # training.objective -> what it needs of the rest of the config: (check, problem, fix).
@@ -99,6 +101,13 @@ def check_objective(config) -> None:
             fail("model.parameterization", m.parameterization, "is not a velocity, which "
                  "MeanFlow's average velocity is", "set --config.model.parameterization=velocity")
     text = bool(config.data.get("text_encoder", ""))
+    for key in ("min_snr_gamma", "noise_offset"):
+        if float(t.get(key, 0.0) or 0.0) and name != "diffusion":
+            fail(f"training.{key}", t[key], f"applies to the denoising loss, not "
+                 f"training.objective={name!r}", "set it to 0")
+    if float(t.get("min_snr_gamma", 0.0) or 0.0) and t.likelihood_weighting:
+        fail("training.min_snr_gamma", t.min_snr_gamma, "and training.likelihood_weighting both "
+             "weight the loss over time", "keep one of them")
     if name != "diffusion" or m.get("teacher", ""):
         if text:
             fail("training.objective", name, "is not implemented for text models "

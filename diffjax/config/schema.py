@@ -3,7 +3,7 @@
 Config files start from `base_config()` and change values; they never add keys, so that a typo on
 the command line (`--config.optim.lrr=1`) is an error instead of a silently ignored setting.
 Sections come in a fixed order: data, model, autoencoder, classifier, pipeline, sde, training,
-optim, sampling, eval, mesh, compile.
+optim, sampling, eval, mesh, compile, export.
 Defaults are score_sde's CIFAR-10 settings (DDPM++ continuous, VP) where one exists.
 """
 
@@ -51,7 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnpp"  # "ncsnpp" (score_sde's DDPM++/NCSN++; "unet" is an alias) or "dit"
-    # (or "pixart": DiT with cross-attention to text, PixArt-alpha; sizes from model.dit)
+    # (or "pixart": DiT with cross-attention to text, PixArt-alpha; sizes from model.dit; or
+    # "sd_unet": Stable Diffusion's U-Net, diffusers' UNet2DConditionModel, on text)
     # What the output means (diffjax/diffusion/parameterization.py): "eps" (alias "noise"), "score", "x0", "v",
     # "velocity" (flow matching) or "edm" (EDM's preconditioned F).
     model.parameterization = "eps"
@@ -69,6 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Distillation: the workdir of a trained diffjax run (its config.json and checkpoints): its
     # EMA network is the teacher, and the student starts from its weights.
     model.teacher = ""
+    # model.name="sd_unet" takes its architecture from a diffusers folder: `pretrained` (a
+    # pipeline root with unet/, or the U-Net's own folder) also gives the starting weights (a
+    # fine-tune); `sd_unet_config` (a U-Net config.json or its folder) trains from scratch.
+    model.pretrained = ""
+    model.sd_unet_config = ""
     # score_sde's NCSNpp switches (models/ncsnpp.py); DDPM++ cont. (VP) values by default.
     model.unet = unet = ml_collections.ConfigDict()
     unet.nf = 128
@@ -194,7 +200,13 @@ def base_config() -> ml_collections.ConfigDict:
     sde.sigma_min = config_dict.placeholder(float)
     sde.sigma_max = config_dict.placeholder(float)
     sde.num_timesteps = 1000  # ddpm: N integer steps
-    sde.beta_schedule = "linear"  # ddpm: "linear" (Ho et al., 1e-4..0.02) or "cosine" (iDDPM)
+    sde.beta_schedule = "linear"  # ddpm: "linear" (Ho et al., 1e-4..0.02), "cosine" (iDDPM) or
+    # "scaled_linear" (Stable Diffusion, 0.00085..0.012)
+    sde.beta_start = config_dict.placeholder(float)  # ddpm: None = the schedule's own
+    sde.beta_end = config_dict.placeholder(float)
+    # ddpm: the table's arithmetic, "float64" (DiT/ADM) or "float32" (diffusers' schedulers,
+    # bit for bit: what a Stable Diffusion fine-tune trains with)
+    sde.precision = "float64"
     sde.sigma_data = config_dict.placeholder(float)  # trigflow: sigma_d; None = model.sigma_data
 
     config.training = training = ml_collections.ConfigDict()
@@ -255,6 +267,13 @@ def base_config() -> ml_collections.ConfigDict:
     # the null is the empty prompt's encoding ("empty", stored by encode_latents) or "zeros".
     training.caption_dropout = 0.1
     training.caption_null = "empty"
+    # Min-SNR-gamma loss weighting (Hang et al., 2023; diffusers' --snr_gamma): the loss weight
+    # of the x0 error is min(SNR(t), gamma), converted to any parameterisation; 0 = off (5 is
+    # the paper's value).
+    training.min_snr_gamma = 0.0
+    # Offset noise (diffusers' --noise_offset): eps + offset * n, n ~ N(0, 1) one value per
+    # image and channel, so that the model learns to shift the mean brightness; 0 = off.
+    training.noise_offset = 0.0
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"  # "adam" or "adamw"
@@ -371,4 +390,10 @@ def base_config() -> ml_collections.ConfigDict:
     compile_.what = "train"  # "train" (the train step) or "sample" (the configured sampler)
     compile_.save_executable = ""  # a path: also write the serialized executable there
     compile_.memory_per_chip_gib = 0.0  # 0 = the chip's usable HBM (cpu: RAM / devices)
+
+    # --mode=export (diffjax/modes/export.py): a trained sd_unet run as a diffusers folder.
+    config.export = export = ml_collections.ConfigDict()
+    export.folder = ""  # "" = WORKDIR/export/step_<N>; must not exist yet
+    export.checkpoint_step = -1  # -1 = the newest checkpoint
+    export.use_ema = True  # the EMA weights (what sampling uses) or the raw ones
     return config

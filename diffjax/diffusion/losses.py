@@ -23,6 +23,11 @@ Time sampling ("training.time_sampling"; None = the process's own): "uniform" on
 DDPM: uniform over its steps), "logit_normal" (t = T sigmoid(m + s z), clamped at eps),
 "log_normal" (sigma~ = sigma / alpha = exp(P_mean + P_std z), mapped to t through the process, so
 EDM's distribution applies to any process).
+
+Stable Diffusion's fine-tuning options (diffusers' train_text_to_image): Min-SNR-gamma weighting
+(`min_snr_gamma`, see `denoising_loss`) and offset noise (`noise_offset`, see `offset_noise`); with
+the DDPM process ("scaled_linear", precision "float32"), uniform integer steps, eps or v output and
+reduce_mean=True this is that script's loss.
 """
 
 from __future__ import annotations
@@ -64,7 +69,19 @@ def loss_options(training_config) -> dict:
     return dict(eps=t.eps, likelihood_weighting=t.likelihood_weighting,
                 reduce_mean=t.reduce_mean, time_sampling=t.time_sampling,
                 logit_normal=(t.logit_normal_mean, t.logit_normal_std),
-                log_normal=(t.P_mean, t.P_std))
+                log_normal=(t.P_mean, t.P_std), min_snr_gamma=t.get("min_snr_gamma", 0.0),
+                noise_offset=t.get("noise_offset", 0.0))
+
+
+def offset_noise(rng: Array, shape: tuple, dtype, offset: float) -> Array:
+    """eps + offset * n with n ~ N(0, 1) constant over the spatial axes (one per example and
+    channel, channels last), as diffusers' `--noise_offset` (torch.randn((B, C, 1, 1)))."""
+    base_rng, offset_rng = jax.random.split(rng)
+    noise = jax.random.normal(base_rng, shape, dtype)
+    if not offset:
+        return noise
+    per_channel = (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)
+    return noise + offset * jax.random.normal(offset_rng, per_channel, dtype)
 
 
 def diffusion_loss(
@@ -79,12 +96,31 @@ def diffusion_loss(
     time_sampling: str | None = None,
     logit_normal: tuple[float, float] = (0.0, 1.0),
     log_normal: tuple[float, float] = (-1.2, 1.2),
+    min_snr_gamma: float = 0.0,
+    noise_offset: float = 0.0,
 ) -> Array:
     """Per-example loss, shape [B]. `model` is a `diffjax.diffusion.parameterization.ModelFn` or a plain score_fn."""
     t_rng, z_rng = jax.random.split(rng)
     t = sample_times(t_rng, x0.shape[0], process, eps, time_sampling=time_sampling,
                      logit_normal=logit_normal, log_normal=log_normal)
-    noise = jax.random.normal(z_rng, x0.shape, x0.dtype)
+    if noise_offset:
+        noise = offset_noise(z_rng, x0.shape, x0.dtype, noise_offset)
+    else:  # the draw of every run before offset noise existed, bit for bit
+        noise = jax.random.normal(z_rng, x0.shape, x0.dtype)
+    return denoising_loss(model, process, x0, t, noise, likelihood_weighting=likelihood_weighting,
+                          reduce_mean=reduce_mean, min_snr_gamma=min_snr_gamma)
+
+
+def denoising_loss(model, process: LinearProcess, x0: Array, t: Array, noise: Array, *,
+                   likelihood_weighting: bool = False, reduce_mean: bool = False,
+                   min_snr_gamma: float = 0.0) -> Array:
+    """The per-example loss [B] at given times and noise (what `diffusion_loss` draws).
+
+    min_snr_gamma > 0: Min-SNR-gamma weighting (Hang et al., 2023): the x0 error weighted by
+    min(SNR, gamma), SNR = alpha^2 / sigma^2, which in the network's own output is the weight
+    min(SNR, gamma) / x0_scale^2: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v on a VP
+    process, exactly diffusers' `compute_snr` weights (tests/test_sd_training.py).
+    """
     x_t = process.perturb(x0, t, noise)
     model = as_model_fn(model, process)
     pred = model.predict(x_t, t)
@@ -95,11 +131,15 @@ def diffusion_loss(
         squared = squared + ddpm_vb_term(process, t, x0, x_t, pred)
     squared = jnp.reshape(squared, (x0.shape[0], -1))
     per_example = jnp.mean(squared, -1) if reduce_mean else 0.5 * jnp.sum(squared, -1)
-    if likelihood_weighting:
+    if likelihood_weighting or min_snr_gamma:
         scale = model.parameterization.x0_scale(c).reshape(x0.shape[0], -1)[:, 0]
         alpha, sigma = process.marginal_coeffs(t)
+    if likelihood_weighting:
         per_example = per_example * process.diffusion(t) ** 2 * alpha**2 / (
             sigma**4 * scale**2)
+    if min_snr_gamma:
+        snr = (alpha / sigma) ** 2
+        per_example = per_example * jnp.minimum(snr, min_snr_gamma) / scale**2
     return per_example
 
 
@@ -172,5 +212,5 @@ def ddpm_vb_term(process: LinearProcess, t: Array, x0: Array, x_t: Array, pred) 
     return jnp.where(b(n) == 0, nll, kl) / math.log(2.0)
 
 
-__all__ = ["DEFAULT_TIME_SAMPLING", "TIME_SAMPLINGS", "ScoreFn", "diffusion_loss", "dsm_loss",
-           "loss_options", "sample_times"]
+__all__ = ["DEFAULT_TIME_SAMPLING", "TIME_SAMPLINGS", "ScoreFn", "denoising_loss",
+           "diffusion_loss", "dsm_loss", "loss_options", "offset_noise", "sample_times"]

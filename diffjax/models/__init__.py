@@ -1,10 +1,11 @@
 """Networks by name. Each is `net(x, noise_cond, labels, *, train) -> output like x`; `labels`
-is the conditioning (class ids, or for "pixart" the text encoder outputs, a dict).
+is the conditioning (class ids, or for "pixart" and "sd_unet" the text encoder outputs, a dict).
 
 Networks know nothing about processes: what their output means is diffjax.diffusion's. With
 `model.second_time_embedding` noise_cond is [B, 2] (MeanFlow's (t, t - r)); sCM's adaptive
 weighting wraps the network with a log-variance head (`log_variance.py`); `build_classifier`
 builds the noise-conditional classifier of classifier guidance (`classifier.py`, logits out).
+"sd_unet" is Stable Diffusion's U-Net from a diffusers folder (`sd_denoiser.py`).
 Imports: nothing else of diffjax but parallel's logical-axis names (by string), and storage for
 the diffusers U-Net's folders (sd_unet_weights.py).
 """
@@ -108,10 +109,25 @@ def build_pixart(config) -> nn.Module:
                   dtype=compute_dtype(m), remat=m.remat)
 
 
+def build_sd_unet(config) -> nn.Module:
+    """Stable Diffusion's U-Net on text, its architecture from a diffusers folder or config.json
+    (model.pretrained / model.sd_unet_config; `sd_denoiser.py`)."""
+    from diffjax.models.sd_denoiser import SDDenoiser, architecture
+
+    m = config.model
+    if m.conditional:
+        raise ValueError("model.name='sd_unet' is conditioned on text, not class labels; set "
+                         "--config.model.conditional=False and --config.data.text_encoder.")
+    return SDDenoiser(architecture(m), compute_dtype(m), remat=m.remat)
+
+
 # "unet" is the name configs used before the network became score_sde's NCSN++ exactly; it
 # builds the same network.
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit, "pixart": build_pixart}
+    "ncsnpp": build_ncsnpp, "unet": build_ncsnpp, "dit": build_dit, "pixart": build_pixart,
+    "sd_unet": build_sd_unet}
+# The networks conditioned on text (data.text_encoder's cached outputs) instead of class ids.
+TEXT_MODELS = ("pixart", "sd_unet")
 
 
 def uses_log_variance(config) -> bool:

@@ -93,6 +93,13 @@ def _compile(config, workdir: str) -> dict[str, Any]:
     return compile_mode(config, workdir)
 
 
+def _export(config, workdir: str) -> dict[str, Any]:
+    """a Stable Diffusion U-Net run as a diffusers folder (a pipeline when it has a base)"""
+    from diffjax.modes.export import export
+
+    return export(config, workdir)
+
+
 MODES: dict[str, Callable[[Any, str], Any]] = {
     "train": _train,
     "train_autoencoder": _train_autoencoder,
@@ -103,6 +110,7 @@ MODES: dict[str, Callable[[Any, str], Any]] = {
     "sample": _sample,
     "likelihood": _likelihood,
     "compile": _compile,
+    "export": _export,
 }
 
 
@@ -114,7 +122,7 @@ def summaries() -> str:
 
 # Modes that read a trained run: without a config they take the run's own (its config.json), and
 # a config that describes another model than the run's is refused.
-READS_A_RUN = ("sample", "eval", "likelihood")
+READS_A_RUN = ("sample", "eval", "likelihood", "export")
 
 
 def _local_checkpoints(workdir: str) -> str | None:

@@ -88,7 +88,8 @@ def encode_latents(config, workdir: str) -> dict[str, Any]:
         rate = encoded / seconds if seconds > 0 and encoded else 0.0
         summary.update(latent_shape=metadata["latent_shape"], num_records=metadata["num_records"],
                        suggested_scale=metadata["suggested_scale"], images_per_sec=rate)
-        print(f"Latents of {config.data.dataset}/{split}: {metadata['num_records']} records "
+        source = config.data.image_folder or f"{config.data.dataset}/{split}"
+        print(f"Latents of {source}: {metadata['num_records']} records "
               f"{tuple(metadata['latent_shape'])} in {directory} ({len(written)} shards written "
               f"now, {rate:.0f} images/s per process, {views} view(s) each; VAE {name}, "
               f"scale {plan.scale:g}{_text_note(text)}).",

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from diffjax.config.checks import ConfigError, check_objective, check_ranges, fail
 from diffjax.storage import filesystem as fs
 
-
 # Which checks of layers 2 and 3 each mode needs.
 MODES_TRAINING = ("train",)
 MODES_SAMPLING = ("train", "sample", "eval")
@@ -194,9 +193,11 @@ def check_text_mode(config, mode: str) -> None:
     if config.model.conditional:
         fail("model.conditional", True, f"asks for class labels, but data.text_encoder="
              f"{d.text_encoder!r} conditions on text", "set --config.model.conditional=False")
-    if config.model.name != "pixart":
+    from diffjax.models import TEXT_MODELS
+
+    if config.model.name not in TEXT_MODELS:
         fail("model.name", config.model.name, "takes no text conditioning",
-             "use --config.model.name=pixart with data.text_encoder")
+             f"use one of {list(TEXT_MODELS)} with data.text_encoder")
     if d.captions_per_image < 1:
         fail("data.captions_per_image", d.captions_per_image, "must be >= 1", "set it to 1 or more")
     if not 0.0 <= config.training.caption_dropout <= 1.0:
@@ -237,6 +238,75 @@ def check_text_mode(config, mode: str) -> None:
         return
     if mode in ("train", "sample", "eval"):
         text_cache.check_text(read_metadata(d.latent_dir), config)
+
+
+# The scheduler settings of a Stable Diffusion folder that the fine-tune's process must repeat:
+# scheduler_config.json key -> (config key, how diffjax names the folder's value).
+_SCHEDULER_KEYS = {"num_train_timesteps": "sde.num_timesteps", "beta_schedule": "sde.beta_schedule",
+                   "beta_start": "sde.beta_start", "beta_end": "sde.beta_end"}
+
+
+def check_pretrained(config) -> None:
+    """model.pretrained / model.sd_unet_config: the U-Net's files, and for a fine-tune the
+    process and output its folder's scheduler was trained with (a v-prediction model fine-tuned
+    as eps, or on another beta schedule, would unlearn what it knows)."""
+    m = config.model
+    if m.name != "sd_unet":
+        for key in ("pretrained", "sd_unet_config"):
+            if m.get(key, ""):
+                fail(f"model.{key}", m[key], f"is read by model.name='sd_unet' only, not "
+                     f"{m.name!r}", f"set --config.model.{key}='' (a converted checkpoint "
+                     f"of another network: python -m diffjax.convert)")
+        return
+    from diffjax.models.sd_denoiser import architecture, diffusers_prediction_type, source_of
+
+    try:
+        key, path = source_of(m)
+        architecture(m)
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    if m.get("controlnet", "") or int(m.lora.rank):
+        fail("model.name", "sd_unet", "trains the whole U-Net here; LoRA and ControlNet training "
+             "build on diffjax runs of score_sde's U-Net", "set model.lora.rank=0 and "
+             "model.controlnet=''")
+    scheduler = fs.join(path, "scheduler", "scheduler_config.json")
+    if key != "model.pretrained" or not fs.is_file(scheduler):
+        return
+    import json
+
+    folder = json.loads(fs.read_text(scheduler))
+    if config.sde.name != "ddpm":
+        fail("sde.name", config.sde.name, f"is not the discrete DDPM process that {path} was "
+             f"trained with", "set --config.sde.name=ddpm (configs/sd.py:finetune does)")
+    wanted = folder.get("prediction_type", "epsilon")
+    if diffusers_prediction_type(m.parameterization) != wanted:
+        fail("model.parameterization", m.parameterization, f"differs from {scheduler}'s "
+             f"prediction_type {wanted!r}", "set --config.model.parameterization="
+             + {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(wanted, wanted))
+    from diffjax.diffusion.processes import get_process
+    from diffjax.diffusion.processes.ddpm import DEFAULT_BETA_RANGES, default_beta_range
+
+    process = get_process(config.sde)
+    for name, config_key in _SCHEDULER_KEYS.items():
+        if name not in folder:
+            continue
+        if name in ("beta_start", "beta_end"):
+            if process.beta_schedule not in DEFAULT_BETA_RANGES:
+                continue
+            defaults = default_beta_range(process.beta_schedule, process.num_timesteps)
+            ours = getattr(process, name)
+            ours = defaults[name == "beta_end"] if ours is None else ours
+        else:
+            ours = {"num_train_timesteps": process.num_timesteps,
+                    "beta_schedule": process.beta_schedule}[name]
+        theirs = folder[name]
+        if name == "beta_schedule":  # diffusers' name of the cosine schedule
+            ours, theirs = (str(v).replace("squaredcos_cap_v2", "cosine") for v in (ours, theirs))
+        same = ours == theirs if isinstance(theirs, (str, int)) else \
+            abs(float(ours) - float(theirs)) <= 1e-6 * abs(float(theirs))
+        if not same:
+            fail(config_key, config.sde[config_key.split(".")[1]], f"differs from {scheduler}'s "
+                 f"{name}={theirs!r}", f"set --config.{config_key}={theirs}")
 
 
 def trace_sampler(config, experiment, batch_size: int) -> None:
@@ -334,6 +404,12 @@ def validate(config, mode: str):
     check_eval_selection(config)
     if mode == "compile":
         return check_compile(config)
+    if mode == "export":
+        if config.model.name != "sd_unet":
+            fail("model.name", config.model.name, "is not exported: --mode=export writes "
+                 "diffusers' UNet2DConditionModel", "export a run of model.name=sd_unet")
+        check_pretrained(config)
+        return build_experiment(config)
     if config.model.conditional and config.data.num_classes < 1:
         fail("data.num_classes", config.data.num_classes, "must be >= 1 for a conditional model",
              "set it to the number of classes")
@@ -375,11 +451,15 @@ def validate(config, mode: str):
         not (mode == "encode_latents" and config.data.image_folder)
     if needs_images:
         check_data(config, mode)
+    from diffjax.models import TEXT_MODELS
+
+    check_pretrained(config)
     if is_text(config):
         check_text_mode(config, mode)
-    elif config.model.name == "pixart":
-        fail("model.name", "pixart", "is conditioned on text, but data.text_encoder is empty",
-             "set --config.data.text_encoder (e.g. minilm) and encode the captions")
+    elif config.model.name in TEXT_MODELS:
+        fail("model.name", config.model.name, "is conditioned on text, but data.text_encoder is "
+             "empty", "set --config.data.text_encoder (e.g. minilm, or clip with a Stable "
+             "Diffusion folder) and encode the captions")
     if is_latent(config) or (mode == "encode_latents" and not config.data.cache_pixels):
         if not config.data.latent_dir:
             fail("data.latent_dir", "", "is empty", "set it to where the latents go")

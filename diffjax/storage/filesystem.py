@@ -117,3 +117,16 @@ def remove(path: PathLike) -> None:
 
 def rename(source: PathLike, destination: PathLike) -> None:
     as_path(source).rename(as_path(destination))
+
+
+def copy_tree(source: PathLike, destination: PathLike) -> str:
+    """Copies a file, or a folder with everything in it, to `destination` (which must not
+    exist)."""
+    source, destination = as_path(source), as_path(destination)
+    if source.is_dir():
+        destination.mkdir(parents=True, exist_ok=False)
+        for child in sorted(source.iterdir()):
+            copy_tree(child, destination / child.name)
+    else:
+        source.copy(destination)
+    return str(destination)

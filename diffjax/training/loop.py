@@ -115,6 +115,9 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
                                                                                base)),
                         out_shardings=experiment.spec.shardings)
         state = start(state, frozen.params)
+    if config.model.name == "sd_unet" and config.model.get("pretrained", "") and \
+            experiment.task == "diffusion":
+        state = _start_from_pretrained(experiment, state)
     if teacher is not None:
         from diffjax.training.teacher import initial_params
 
@@ -124,6 +127,22 @@ def _resume_or_initialise(experiment: Experiment, checkpointer: Checkpointer, wo
         logging.info("The student starts from the teacher's EMA weights (step %d).",
                      teacher.step)
     return state, None, 0
+
+
+def _start_from_pretrained(experiment: Experiment, state: TrainState) -> TrainState:
+    """A fine-tune starts (params and EMA) from model.pretrained's U-Net, read with numpy."""
+    from diffjax.models.sd_denoiser import pretrained_params
+
+    weights, where = pretrained_params(experiment.model, experiment.config.model.pretrained)
+
+    def place(array, sharding):
+        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+    shardings = experiment.spec.shardings
+    params = jax.tree.map(place, weights, shardings.params)
+    ema = jax.tree.map(place, weights, shardings.ema_params)
+    logging.info("The U-Net starts from %s.", where)
+    return state.replace(params=params, ema_params=ema)
 
 
 def _train(config, workdir: str, devices, preemption: PreemptionWatcher,

@@ -81,6 +81,18 @@ def _cosine_betas(num_timesteps: int) -> np.ndarray:
                          0.999) for i in range(num_timesteps)], dtype=np.float64)
 
 
+# (beta_start, beta_end) of the schedules that have them, for N = 1000 steps.
+DEFAULT_BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
+
+
+def default_beta_range(schedule: str, num_timesteps: int) -> tuple[float, float]:
+    """The schedule's own end points: Ho et al.'s linear range scaled by 1000 / N (DiT's
+    `get_named_beta_schedule`); Stable Diffusion's scaled_linear range for any N."""
+    start, end = DEFAULT_BETA_RANGES[schedule]
+    scale = 1000.0 / num_timesteps if schedule == "linear" else 1.0
+    return scale * start, scale * end
+
+
 def named_betas(schedule: str, num_timesteps: int, *, beta_start: float | None = None,
                 beta_end: float | None = None, precision: str = "float64") -> np.ndarray:
     """The named beta schedule as a float64 array (float32 values with precision="float32")."""
@@ -91,16 +103,15 @@ def named_betas(schedule: str, num_timesteps: int, *, beta_start: float | None =
     if schedule == "cosine":
         betas = _cosine_betas(num_timesteps)
         return betas.astype(np.float32).astype(np.float64) if float32 else betas
+    if schedule in DEFAULT_BETA_RANGES:
+        default_start, default_end = default_beta_range(schedule, num_timesteps)
+        start = default_start if beta_start is None else float(beta_start)
+        end = default_end if beta_end is None else float(beta_end)
     if schedule == "linear":
-        scale = 1000.0 / num_timesteps
-        start = scale * 1e-4 if beta_start is None else float(beta_start)
-        end = scale * 0.02 if beta_end is None else float(beta_end)
         if float32:
             return _torch_linspace_float32(start, end, num_timesteps).astype(np.float64)
         return np.linspace(start, end, num_timesteps, dtype=np.float64)
     if schedule == "scaled_linear":
-        start = 0.00085 if beta_start is None else float(beta_start)
-        end = 0.012 if beta_end is None else float(beta_end)
         if float32:
             roots = _torch_linspace_float32(start**0.5, end**0.5, num_timesteps)
             return (roots * roots).astype(np.float64)
