@@ -29,10 +29,11 @@ Variants (`configs/sd.py:ARG`), the settings diffusers' pipelines and the model 
         python -m diffjax.main --config=configs/sd.py:finetune,folder=/data/sd15 \
             --workdir=runs/pokemon --mode=encode_latents --config.data.image_folder=/data/pokemon
         python -m diffjax.main --config=configs/sd.py:finetune,folder=/data/sd15 \
-            --workdir=runs/pokemon --config.data.image_folder=/data/pokemon     (train)
-        python -m diffjax.main --workdir=runs/pokemon --mode=export     (a diffusers folder)
-           (data.image_folder: images + metadata.jsonl with file_name and text, as diffusers'
-           ImageFolder datasets). Options: --config.training.min_snr_gamma=5 (Min-SNR weighting),
+            --workdir=runs/pokemon --config.data.image_folder=/data/pokemon
+        python -m diffjax.main --config=configs/sd.py:finetune,folder=/data/sd15 \
+            --workdir=runs/pokemon --mode=export
+           (encode, train, export as a diffusers folder; data.image_folder: images +
+           metadata.jsonl with file_name and text, as diffusers' ImageFolder datasets). Options: --config.training.min_snr_gamma=5 (Min-SNR weighting),
            --config.training.noise_offset=0.05 (offset noise). Expected result: the loss of
            diffusers' train_text_to_image step for step on the same latents, noise and steps
            (tests/test_sd_training.py pins the loss, min-SNR and v-prediction against diffusers;
@@ -49,39 +50,6 @@ from diffjax.config.schema import base_config
 
 # variant -> (height = width, steps, guidance)
 SETTINGS = {"sd15": (512, 50, 7.5), "sd21": (768, 50, 7.5), "sdxl": (1024, 50, 5.0)}
-
-
-def get_config(arg: str | None = None):
-    parts = [p for p in (arg or "sd15").split(",") if p]
-    folder = next((p.split("=", 1)[1] for p in parts if p.startswith("folder=")), "")
-    parts = [p for p in parts if not p.startswith("folder=")]
-    finetune = "finetune" in parts
-    if any(p not in (*SETTINGS, "test", "finetune") for p in parts) or \
-            sum(p in SETTINGS for p in parts) > 1 or (finetune and "sdxl" in parts) or \
-            (folder and not finetune):
-        raise ValueError(f"Unknown or conflicting variant {arg!r} for configs/sd.py; valid: one "
-                         f"of {', '.join(SETTINGS)}, optionally with test; or finetune[,sd21]"
-                         f"[,test][,folder=DIR] (SDXL is not fine-tuned).")
-    tiny = "test" in parts
-    variant = next((p for p in parts if p in SETTINGS), "sd15")
-    size, steps, guidance = SETTINGS[variant]
-    config = base_config()
-    if finetune:
-        _finetune(config, variant, tiny, folder)
-        return config
-
-    config.pipeline.height = 0 if tiny else size
-    config.pipeline.width = 0 if tiny else size
-
-    config.sampling.num_steps = 2 if tiny else steps
-    config.sampling.guidance_scale = guidance
-    config.sampling.num_samples = 4
-    config.sampling.batch_size = 4
-    config.sampling.write_pngs = True
-
-    config.eval.num_samples = 8 if tiny else 30_000  # COCO-30k, as SD's papers report FID
-    config.eval.batch_size = 4 if tiny else 16
-    return config
 
 
 def _finetune(config, variant: str, tiny: bool, folder: str) -> None:
@@ -137,3 +105,37 @@ def _finetune(config, variant: str, tiny: bool, folder: str) -> None:
     config.sampling.guidance_scale = 7.5
     config.sampling.num_samples = 2 if tiny else 4
     config.sampling.batch_size = 2 if tiny else 4
+
+
+def get_config(arg: str | None = None):
+    parts = [p for p in (arg or "sd15").split(",") if p]
+    folder = next((p.split("=", 1)[1] for p in parts if p.startswith("folder=")), "")
+    parts = [p for p in parts if not p.startswith("folder=")]
+    finetune = "finetune" in parts
+    if any(p not in (*SETTINGS, "test", "finetune") for p in parts) or \
+            sum(p in SETTINGS for p in parts) > 1 or (finetune and "sdxl" in parts) or \
+            (folder and not finetune):
+        raise ValueError(f"Unknown or conflicting variant {arg!r} for configs/sd.py; valid: one "
+                         f"of {', '.join(SETTINGS)}, optionally with test; or finetune[,sd21]"
+                         f"[,test][,folder=DIR] (SDXL is not fine-tuned).")
+    tiny = "test" in parts
+    variant = next((p for p in parts if p in SETTINGS), "sd15")
+    size, steps, guidance = SETTINGS[variant]
+    config = base_config()
+    if finetune:
+        _finetune(config, variant, tiny, folder)
+        return config
+
+    config.pipeline.height = 0 if tiny else size
+    config.pipeline.width = 0 if tiny else size
+
+    config.sampling.num_steps = 2 if tiny else steps
+    config.sampling.guidance_scale = guidance
+    config.sampling.num_samples = 4
+    config.sampling.batch_size = 4
+    config.sampling.write_pngs = True
+
+    config.eval.num_samples = 8 if tiny else 30_000  # COCO-30k, as SD's papers report FID
+    config.eval.batch_size = 4 if tiny else 16
+    return config
+

@@ -210,7 +210,8 @@ def test_loss_options_from_config():
 
     options = loss_options(base_config().training)
     assert options == dict(eps=1e-5, likelihood_weighting=False, reduce_mean=False,
-                           time_sampling=None, logit_normal=(0.0, 1.0), log_normal=(-1.2, 1.2))
+                           time_sampling=None, logit_normal=(0.0, 1.0), log_normal=(-1.2, 1.2),
+                           min_snr_gamma=0.0, noise_offset=0.0)
 
 
 def test_learned_variance_term_is_dits():
