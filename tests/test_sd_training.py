@@ -103,6 +103,22 @@ def test_a_finetune_starts_from_the_folders_weights(tmp_path):
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), ours, weights)
 
 
+def test_from_scratch_takes_the_architecture_only(tmp_path):
+    """model.sd_unet_config: the config.json's network, random weights (no fine-tune)."""
+    from diffjax.state.train_state import create_state
+
+    sd1 = assemble("sd1", tmp_path / "sd1")
+    config = finetune_config("--config.model.pretrained=",
+                             f"--config.model.sd_unet_config={sd1 / 'unet' / 'config.json'}",
+                             folder=str(sd1))
+    experiment = build_experiment(config)
+    state = create_state(experiment.model, experiment.optimizer, experiment.example_input(),
+                         0, experiment.spec)
+    weights, _ = pretrained_params(experiment.model, UNET)
+    assert jax.tree.structure(weights) == jax.tree.structure(jax.device_get(state.params))
+    assert not np.allclose(state.params["conv_in"]["kernel"], weights["conv_in"]["kernel"])
+
+
 def test_configuration_errors_are_one_line(tmp_path):
     from diffjax.config.checks import ConfigError
     from diffjax.modes import preflight
