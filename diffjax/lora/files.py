@@ -187,7 +187,7 @@ def _read_kohya(path, tensors, components) -> dict[str, dict[str, LayerLora]]:
                              f"<name>.lora_down.weight, .lora_up.weight or .alpha); {_FIX}.")
         grouped.setdefault(module, {})[role] = (key, value)
     out: dict[str, dict[str, LayerLora]] = {}
-    for module, parts in grouped.items():
+    for module, parts in sorted(grouped.items()):  # the same first error whatever the file order
         if module not in names:
             key = next(iter(parts.values()))[0]
             prefix = next((p for c, ps in KOHYA_PREFIXES.items() for p in ps
