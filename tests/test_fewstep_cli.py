@@ -20,7 +20,7 @@ CHAIN = textwrap.dedent(r"""
 
     root = sys.argv[1]
     steps = {"training.num_train_steps": 2, "training.checkpoint_every_steps": 2,
-             "training.log_every_steps": 1, "training.sample_every_steps": 2}
+             "training.log_every_steps": 1, "training.sample_every_steps": 0}
 
     def run(variant, name, mode="train", **overrides):
         options = {**(steps if mode.startswith("train") else {}), **overrides}
@@ -88,7 +88,7 @@ SHARDED = textwrap.dedent(r"""
         config = module.get_config("test,consistency")
         config.training.num_train_steps = steps
         config.training.checkpoint_every_steps = 2
-        config.training.sample_every_steps = 1000
+        config.training.sample_every_steps = 0
         for axis, size in mesh.items():
             setattr(config.mesh, axis, size)
         return train(config, os.path.join(root, name), devices=devices)["state"]

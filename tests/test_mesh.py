@@ -248,7 +248,7 @@ RESHARD_SCRIPT = r"""
         config = module.get_config("test,dit")
         config.mesh.data, config.mesh.fsdp = data, fsdp
         config.training.num_train_steps = steps
-        config.training.sample_every_steps = 1000
+        config.training.sample_every_steps = 0
         return config
 
     saved = train(config_for(2, 4, 3), os.path.join(workdir, "moved"))["state"]

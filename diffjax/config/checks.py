@@ -41,7 +41,7 @@ RANGE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.microbatches": _at_least(1),
     "training.log_every_steps": _at_least(1),
     "training.checkpoint_every_steps": _at_least(1),
-    "training.sample_every_steps": _at_least(1),
+    "training.sample_every_steps": _at_least(0),
     "training.eval_every_steps": _at_least(0),
     "training.max_checkpoints_to_keep": _at_least(1),
     "training.num_sample_images": _at_least(1),

@@ -219,7 +219,7 @@ def base_config() -> ml_collections.ConfigDict:
     training.microbatches = 1  # gradient accumulation: batch_size / microbatches per pass
     training.log_every_steps = 100
     training.checkpoint_every_steps = 10_000
-    training.sample_every_steps = 50_000
+    training.sample_every_steps = 50_000  # also at the last step; 0 = no sample grids at all
     # Held-out loss (TensorBoard `eval_loss`): the objective on one fixed batch of
     # data.eval_split with fixed noise, EMA weights, every N steps (score_sde's eval loss); 0 = off.
     training.eval_every_steps = 1000

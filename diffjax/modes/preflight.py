@@ -478,7 +478,8 @@ def validate(config, mode: str):
         check_batch_divisibility(config, experiment.mesh)
         teacher = check_teacher(config) if config.model.get("teacher", "") else None
         trace_train_step(config, experiment, teacher)
-    if mode in MODES_SAMPLING:
+    # A training run without sample grids (sample_every_steps=0) never samples.
+    if mode in MODES_SAMPLING and (mode != "train" or config.training.sample_every_steps):
         from diffjax.parallel.mesh import batch_axis_size
 
         # One row per data-parallel device traces the same program as any batch size.

@@ -274,7 +274,7 @@ def _train(config, workdir: str, devices, preemption: PreemptionWatcher,
                 scalars = {**averaged, **rates, "lr": float(learning_rate(step - 1))}
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
-            if step % t_cfg.sample_every_steps == 0 or final:
+            if t_cfg.sample_every_steps and (step % t_cfg.sample_every_steps == 0 or final):
                 sample_path = write_grid(experiment.network_params(state.ema_params),
                                          step) or sample_path
             if evaluate_held_out is not None and step % t_cfg.eval_every_steps == 0:
