@@ -49,6 +49,12 @@ SOLVERS = {
     "heun": ("sampling.method=edm_heun;sampling.num_steps=1,2,3,5", "EDM Heun"),
 }
 TEACHERS = {"edm": "edm", "flow": "flow"}
+# Many-step references at the same sample count: what the few-step cells approach.
+REFERENCES = {
+    "vp": ("", "sampling.method=euler_maruyama;sampling.num_steps=100",
+           "VP, Euler-Maruyama 100 steps (the quickstart's sampler)"),
+    "edm": ("edm", "sampling.method=edm_heun;sampling.num_steps=18", "EDM, Heun 18 steps"),
+}
 
 
 def run_mode(variant: str, workdir: str, mode: str, **overrides):
@@ -59,8 +65,9 @@ def run_mode(variant: str, workdir: str, mode: str, **overrides):
     return modes.run(config, workdir, mode)
 
 
-def fid_row(variant: str, workdir: str, sweep: str, num_samples: int) -> dict[int, float]:
-    reports = run_mode(variant, workdir, "eval", **{
+def fid_row(variant: str, workdir: str, sweep: str, num_samples: int, **extra
+            ) -> dict[int, float]:
+    reports = run_mode(variant, workdir, "eval", **extra, **{
         "eval.checkpoints": "latest", "eval.sweep": sweep, "eval.num_samples": num_samples,
         "eval.batch_size": min(num_samples, 500), "eval.compute_kid": False,
         "eval.compute_is": False})
@@ -106,16 +113,22 @@ def main() -> None:
         for name, (variant, sweep, label) in FEW_STEP.items():
             workdir = os.path.join(args.runs, name)
             if os.path.isdir(os.path.join(workdir, "checkpoints")):
+                # The student's config names its teacher (the vp run beside it).
+                extra = {"model.teacher": os.path.join(args.runs, "vp")} \
+                    if name == "distill" else {}
                 rows.append((label, "1, 2, 4, 8", fid_row(variant, workdir, sweep,
-                                                          args.num_samples)))
+                                                          args.num_samples, **extra)))
         for name, variant in TEACHERS.items():
             workdir = os.path.join(args.runs, name)
             if not os.path.isdir(os.path.join(workdir, "checkpoints")):
                 continue
             for sweep, label in SOLVERS.values():
                 nfes = "1, 3, 5, 9" if "heun" in sweep else "1, 2, 4, 8"
+                # Heun ends with its own step to sigma = 0 from sampling.eps (the flow variant
+                # integrates its ODE to t = 0 and sets 0): EDM's sigma_min-like 1e-3 there.
+                extra = {"sampling.eps": 1e-3} if "heun" in sweep and name == "flow" else {}
                 rows.append((f"{label} on the {name.upper()} teacher", nfes,
-                             fid_row(variant, workdir, sweep, args.num_samples)))
+                             fid_row(variant, workdir, sweep, args.num_samples, **extra)))
         print(f"\nFID of {args.num_samples} samples against the first 500 training digits "
               f"(EMA weights, newest checkpoint):\n")
         print("| model / sampler | NFE | FID at NFE 1 | 2 | 4 | 8 |")
@@ -124,6 +137,14 @@ def main() -> None:
             values = [f"{fids[n]:.2f}" if n in fids else "-" for n in sorted(fids)][:4]
             values += ["-"] * (4 - len(values))
             print(f"| {label} | {nfes} | " + " | ".join(values) + " |")
+        print("\nMany-step references (same samples, same statistics):\n")
+        print("| model / sampler | NFE | FID |")
+        print("| --- | ---: | ---: |")
+        for name, (variant, sweep, label) in REFERENCES.items():
+            workdir = os.path.join(args.runs, name)
+            if os.path.isdir(os.path.join(workdir, "checkpoints")):
+                for nfe, fid in fid_row(variant, workdir, sweep, args.num_samples).items():
+                    print(f"| {label} | {nfe} | {fid:.2f} |")
     if not args.skip_guidance:
         vp = os.path.join(args.runs, "vp")
         if not os.path.isdir(os.path.join(vp, "classifier", "checkpoints")):
