@@ -303,6 +303,21 @@ def open_checkpoints(workdir: str) -> Checkpointer:
     return Checkpointer(workdir, async_save=False, max_to_keep=None, create=False)
 
 
+def checkpoint_step(checkpointer: Checkpointer, requested: int, key: str, workdir: str) -> int:
+    """The checkpoint `requested` by config key `key` (-1 = the newest), or one clear error."""
+    available = checkpointer.all_steps()
+    step = int(requested)
+    if step < 0:
+        if not available:
+            raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}; train first "
+                                    f"(--mode=train --workdir={workdir}).")
+        return available[-1]
+    if step not in available:
+        raise ValueError(f"{key}={step} does not exist in {checkpointer.directory} (it has "
+                         f"{available}); pick one of those or -1 for the newest.")
+    return step
+
+
 def restore_params(experiment: Experiment, checkpointer: Checkpointer, step: int,
                    use_ema: bool):
     """The EMA (or raw) parameters of checkpoint `step`, sharded as in training."""

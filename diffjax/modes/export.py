@@ -26,7 +26,7 @@ from typing import Any
 import jax
 
 from diffjax.diffusion.processes.ddpm import DEFAULT_BETA_RANGES, default_beta_range
-from diffjax.experiment import build_experiment, open_checkpoints, restore_params
+from diffjax.experiment import build_experiment, checkpoint_step, open_checkpoints, restore_params
 from diffjax.models import sd_unet_weights
 from diffjax.models.sd_denoiser import diffusers_prediction_type
 from diffjax.storage import filesystem as fs
@@ -91,17 +91,8 @@ def export(config, workdir: str) -> dict[str, Any]:
     experiment = build_experiment(config)
     checkpointer = open_checkpoints(workdir)
     try:
-        available = checkpointer.all_steps()
-        step = int(e.checkpoint_step)
-        if step < 0:
-            if not available:
-                raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}; train "
-                                        f"first (--mode=train --workdir={workdir}).")
-            step = available[-1]
-        elif step not in available:
-            raise ValueError(f"export.checkpoint_step={step} does not exist in "
-                             f"{checkpointer.directory} (it has {available}); pick one of those "
-                             f"or -1 for the newest.")
+        step = checkpoint_step(checkpointer, e.checkpoint_step, "export.checkpoint_step",
+                               workdir)
         target = fs.absolute(e.folder) if e.folder else \
             fs.join(fs.absolute(workdir), "export", f"step_{step}")
         if fs.exists(target):

@@ -37,7 +37,8 @@ import numpy as np
 
 from diffjax import data as data_lib, sampling
 from diffjax.diffusion.masks import load_mask
-from diffjax.experiment import build_experiment, is_guided, load_first_stage, restore_params
+from diffjax.experiment import (build_experiment, checkpoint_step, is_guided, load_first_stage,
+                                restore_params)
 from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent, resolve_paths
 from diffjax.latents.reader import check_first_stage
@@ -193,17 +194,8 @@ def sample(config, workdir: str) -> dict[str, Any]:
         conditions = split_conditions(config, num_samples)
     checkpointer = Checkpointer(workdir, async_save=False, max_to_keep=None, create=False)
     try:
-        available = checkpointer.all_steps()
-        step = int(s_cfg.checkpoint_step)
-        if step < 0:
-            if not available:
-                raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}; train "
-                                        f"first (--mode=train --workdir={workdir}).")
-            step = available[-1]
-        elif step not in available:
-            raise ValueError(f"sampling.checkpoint_step={step} does not exist in "
-                             f"{checkpointer.directory} (it has {available}); pick one of "
-                             f"those or -1 for the newest.")
+        step = checkpoint_step(checkpointer, s_cfg.checkpoint_step, "sampling.checkpoint_step",
+                               workdir)
         # Latent mode decodes to pixels inside the sampler's program. The first stage is loaded
         # before the diffusion model's mesh context: it builds an experiment of its own.
         decoder = load_first_stage(config, mesh=experiment.mesh) \
