@@ -1,9 +1,11 @@
 """MeanFlow against exact answers: for Gaussian data the average velocity
 u(z, r, t) = (z_t - z_r) / (t - r) of the probability-flow ODE is closed-form
 (`gaussian_mixture.gaussian_flow_map`), for a mixture solved by RK4 on the exact score; the loss
-is the official code's; the networks' JVPs (MeanFlow's and sCM's) equal finite differences."""
+is the official code's (tests/fixtures/meanflow, made by running it); the networks' JVPs (MeanFlow's and sCM's) equal finite differences."""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +146,58 @@ def test_loss_is_the_official_codes():
     logit = np.log(np.asarray(t) / (1 - np.asarray(t)))
     # t is the larger of two logit-normal(-0.4, 1) draws: E[logit t] = -0.4 + 1 / sqrt(pi).
     assert abs(logit.mean() - (-0.4 + 1 / np.sqrt(np.pi))) < 0.1
+
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "meanflow", "reference.npz")
+OFFICIAL_CASES = {  # tools/make_meanflow_fixture.py: (omega, kappa, interval, norm_p)
+    "plain": (1.0, 0.0, (0.0, 1.0), 1.0),
+    "unweighted": (1.0, 0.0, (0.0, 1.0), 0.0),
+    "defaults": (1.0, 0.5, (0.0, 1.0), 1.0),
+    "omega": (1.5, 0.0, (0.1, 0.8), 1.0),
+    "omega_kappa": (1.5, 0.3, (0.1, 0.8), 0.0),
+}
+
+
+class FixtureNet:
+    """The fixture's tiny network u(x, t, h = t - r, y), written out (tools/make_meanflow_fixture)."""
+
+    def __init__(self, params, labels):
+        self.params, self.labels = params, labels
+
+    def average_velocity(self, z, t, r):
+        p, h = self.params, t - r
+        pre = (z.reshape(z.shape[0], -1) @ p["w"] + t[:, None] * p["w_t"] + h[:, None] * p["w_h"]
+               + (t * h)[:, None] * p["w_th"] + p["embed"][self.labels] + p["bias"])
+        return jnp.tanh(pre).reshape(z.shape)
+
+
+@pytest.mark.parametrize("case", sorted(OFFICIAL_CASES))
+def test_loss_and_gradients_equal_the_official_codes(case):
+    """Gsunshine/meanflow's MeanFlow.forward, run unchanged on the fixture's draws: the batch's
+    mean loss, the per-example velocity loss and the loss's gradient in every parameter."""
+    ref = np.load(FIXTURE)
+    params = {k[len("param_"):]: jnp.asarray(ref[k]) for k in ref.files if k.startswith("param_")}
+    omega, kappa, interval, norm_p = OFFICIAL_CASES[case]
+    num_classes = ref["param_embed"].shape[0] - 1
+    normals = jnp.stack([ref["t_normal"].reshape(-1), ref["r_normal"].reshape(-1)])
+
+    def loss(params):
+        terms = meanflow.meanflow_loss_from_draws(
+            lambda y, train: FixtureNet(params, y), RectifiedFlow(), jnp.asarray(ref["imgs"]),
+            jnp.asarray(ref["labels"]), normals, jnp.asarray(ref["noise"]),
+            jnp.asarray(ref["drop_uniform"]), null_label=num_classes, label_dropout=0.1,
+            ratio=0.25, logit_normal=(-0.4, 1.0), norm_p=norm_p, norm_eps=0.01, omega=omega,
+            kappa=kappa, guidance_interval=interval)
+        return jnp.mean(terms.loss), terms.velocity_error
+
+    (value, v_loss), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    np.testing.assert_allclose(value, ref[f"{case}_loss"], rtol=2e-6)
+    np.testing.assert_allclose(v_loss, ref[f"{case}_v_loss"], rtol=2e-5, atol=1e-6)
+    for name, grad in grads.items():
+        expected = ref[f"{case}_grad_{name}"]
+        scale = np.abs(expected).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
 def test_network_tangents_equal_finite_differences():

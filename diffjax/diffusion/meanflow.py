@@ -24,10 +24,14 @@ plain v. Sampling then needs no guidance: the effective scale is omega / (1 - ka
 The network's second time input is t - r (the paper's (t, t - r) conditioning): diffjax feeds
 (c(t), t - r) with c the process's own conditioning (`parameterization.interval_conditioning`).
 
-Checked against the official JAX code (Gsunshine/meanflow, `meanflow.py`): the same jvp
-tangents (v, 1, 0), target with (t - r) clipped to [0, 1], sum over pixels, weight
-1 / sg(loss + norm_eps)^norm_p with norm_eps = 0.01, p = 1 (the paper's text says c = 1e-3),
-the same (t, r) sampler and the same guidance mixture. The official code works on flow matching
+Checked against the official JAX code (Gsunshine/meanflow at d70cb55, `MeanFlow.forward` run
+unchanged by tools/make_meanflow_fixture.py on a tiny network with the same draws): the mean loss
+and its gradient in every network parameter agree to float32 rounding, guidance off, the official
+defaults (omega 1, kappa 0.5), omega alone and omega with kappa inside an interval, adaptive
+weight p = 1 and p = 0 (tests/test_meanflow.py). So: the same jvp tangents (v, 1, 0), target with
+(t - r) clipped to [0, 1], sum over pixels, weight 1 / sg(loss + norm_eps)^norm_p with
+norm_eps = 0.01, p = 1 (the paper's text says c = 1e-3), the same (t, r) sampler, label dropout
+and guidance mixture. The official code works on flow matching
 in its time (noise at t = 1); diffjax's identity holds in any process's time with a velocity
 network, flow matching being the case the paper trains.
 """
@@ -47,10 +51,17 @@ Array = jax.Array
 def sample_times(rng: Array, batch: int, process: LinearProcess, *, ratio: float = 0.25,
                  logit_normal: tuple[float, float] = (-0.4, 1.0)) -> tuple[Array, Array]:
     """(t, r), [batch] each, r <= t; r = t on the first round(batch (1 - ratio)) examples."""
+    return times_from_normals(jax.random.normal(rng, (2, batch), float_dtype()), process,
+                              ratio=ratio, logit_normal=logit_normal)
+
+
+def times_from_normals(normals: Array, process: LinearProcess, *, ratio: float = 0.25,
+                       logit_normal: tuple[float, float] = (-0.4, 1.0)) -> tuple[Array, Array]:
+    """`sample_times` given its two [batch] standard normal draws, [2, batch]."""
     mean, std = logit_normal
-    z = jax.random.normal(rng, (2, batch), float_dtype())
-    times = process.T * jax.nn.sigmoid(mean + std * z)
+    times = process.T * jax.nn.sigmoid(mean + std * normals)
     t, r = jnp.maximum(times[0], times[1]), jnp.minimum(times[0], times[1])
+    batch = normals.shape[1]
     flow_matching = jnp.arange(batch) < int(batch * (1.0 - ratio))
     return t, jnp.where(flow_matching, t, r)
 
@@ -84,7 +95,7 @@ def average_velocity_and_derivative(model, z: Array, t: Array, r: Array, velocit
 class MeanFlowTerms(NamedTuple):
     loss: Array  # [B], weighted: what is minimised
     squared_error: Array  # [B], sum over pixels of (u - u_tgt)^2
-    velocity_error: Array  # [B], mean over pixels of (u - v)^2 (monitoring, as the official code)
+    velocity_error: Array  # [B], sum over pixels of (u - v)^2 (monitoring: the official v_loss)
 
 
 def meanflow_loss(model, x_t: Array, t: Array, r: Array, velocity: Array, *,
@@ -101,7 +112,7 @@ def meanflow_loss(model, x_t: Array, t: Array, r: Array, velocity: Array, *,
     weight = jax.lax.stop_gradient(1.0 / (squared + norm_eps) ** norm_p) if norm_p else 1.0
     reference = velocity if plain_velocity is None else plain_velocity
     return MeanFlowTerms(loss=squared * weight, squared_error=squared,
-                         velocity_error=jnp.mean(flat(u - reference) ** 2, axis=-1))
+                         velocity_error=jnp.sum(flat(u - reference) ** 2, axis=-1))
 
 
 def meanflow_training_loss(
@@ -125,9 +136,38 @@ def meanflow_training_loss(
     function for those labels (None: unconditional); guidance and label dropout apply to
     conditional models only (labels given)."""
     time_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
-    t, r = sample_times(time_rng, x0.shape[0], process, ratio=ratio, logit_normal=logit_normal)
-    t, r = t.astype(x0.dtype), r.astype(x0.dtype)
+    normals = jax.random.normal(time_rng, (2, x0.shape[0]), float_dtype())
     noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+    drop_uniform = None if labels is None else jax.random.uniform(drop_rng, labels.shape)
+    return meanflow_loss_from_draws(
+        model_for, process, x0, labels, normals, noise, drop_uniform, null_label=null_label,
+        label_dropout=label_dropout, ratio=ratio, logit_normal=logit_normal, norm_p=norm_p,
+        norm_eps=norm_eps, omega=omega, kappa=kappa, guidance_interval=guidance_interval)
+
+
+def meanflow_loss_from_draws(
+    model_for: Callable,
+    process: LinearProcess,
+    x0: Array,
+    labels: Array | None,
+    normals: Array,
+    noise: Array,
+    drop_uniform: Array | None,
+    *,
+    null_label: int | None = None,
+    label_dropout: float = 0.1,
+    ratio: float = 0.25,
+    logit_normal: tuple[float, float] = (-0.4, 1.0),
+    norm_p: float = 1.0,
+    norm_eps: float = 0.01,
+    omega: float = 1.0,
+    kappa: float = 0.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+) -> MeanFlowTerms:
+    """`meanflow_training_loss` given its random draws: the [2, B] normals of (t, r), the noise,
+    and the [B] uniforms of the label dropout (what the official code draws, in its order)."""
+    t, r = times_from_normals(normals, process, ratio=ratio, logit_normal=logit_normal)
+    t, r = t.astype(x0.dtype), r.astype(x0.dtype)
     x_t = process.perturb(x0, t, noise)
     v = conditional_velocity(process, x0, noise, t)
     target_v = v
@@ -139,7 +179,7 @@ def meanflow_training_loss(
             target_v = jax.lax.stop_gradient(guided_velocity(
                 v, v_null, v_cond, t, omega=omega, kappa=kappa, interval=guidance_interval))
         # The official code drops the first Binomial(B, p) labels and trains them on plain v.
-        num_drop = jnp.sum(jax.random.uniform(drop_rng, labels.shape) < label_dropout)
+        num_drop = jnp.sum(drop_uniform < label_dropout)
         dropped = jnp.arange(labels.shape[0]) < num_drop
         labels = jnp.where(dropped, null_label, labels)
         target_v = jnp.where(dropped.reshape((-1,) + (1,) * (v.ndim - 1)), v, target_v)
