@@ -377,6 +377,12 @@ def _load_diffjax_run(config, run: str, mesh):
 CLASSIFIER_SUBDIR = "classifier"
 
 
+def classifier_sigma_data(config) -> float | None:
+    """The sigma_data of the classifier's input scaling (EDM's c_in), or None where it takes x_t
+    itself (ADM's classifiers, trained on unscaled x_t)."""
+    return None if config.classifier.name == "adm" else float(config.model.sigma_data)
+
+
 def classifier_training_config(config):
     """The config that trains the classifier (`--mode=train_classifier`): the classifier
     section's train_steps, train_batch_size and lr replace the training ones; pixels, never

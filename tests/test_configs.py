@@ -31,6 +31,7 @@ CONFIGS = {
     "cifar10_scm.py": [None, "distill"],
     "imagenet256_meanflow.py": [None, "B", "XL"],
     "sd.py": [None, "sd21", "sdxl", "test", "sdxl,test", "finetune", "finetune,sd21,test"],
+    "imagenet_adm_classifier.py": [None, "512"],
 }
 # Parameter counts of the published networks, as their reference code counts them (sum of
 # model.parameters(), measured with torch): NVlabs/edm's EDMPrecond(SongUNet) at train.py's

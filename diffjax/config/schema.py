@@ -151,8 +151,12 @@ def base_config() -> ml_collections.ConfigDict:
     # WORKDIR/classifier; sampling.classifier_scale uses it). It sees x_t of the sde section's
     # process, scaled to unit variance, and that process's noise conditioning.
     config.classifier = classifier = ml_collections.ConfigDict()
-    classifier.name = "unet"  # "unet" (ADM's encoder U-Net) or "dit" (a small DiT encoder)
-    classifier.nf = 32  # unet: widths nf * ch_mult
+    # "unet" (an encoder U-Net of diffjax's blocks), "dit" (a small DiT encoder) or "adm"
+    # (guided-diffusion's EncoderUNetModel exactly: x_t unscaled, conditioned on the timestep
+    # index; its published classifiers convert with `python -m diffjax.convert
+    # --source=adm_classifier`, configs/imagenet_adm_classifier.py).
+    classifier.name = "unet"
+    classifier.nf = 32  # unet, adm: widths nf * ch_mult (adm: multipliers may be fractional)
     classifier.ch_mult = (1, 2, 2)
     classifier.num_res_blocks = 2
     classifier.attn_resolutions = (16,)
@@ -160,7 +164,13 @@ def base_config() -> ml_collections.ConfigDict:
     classifier.patch_size = 2  # dit
     classifier.hidden_size = 128
     classifier.depth = 4
-    classifier.num_heads = 4
+    classifier.num_heads = 4  # dit; adm when classifier.num_head_channels = -1
+    # adm: guided-diffusion's switches (its published classifiers: these defaults).
+    classifier.num_head_channels = 64  # channels per attention head; -1 = num_heads heads
+    classifier.pool = "attention"  # CLIP-style attention pooling, or "adaptive" (mean)
+    classifier.resblock_updown = True  # residual down-sampling blocks (else a stride-2 conv)
+    classifier.use_scale_shift_norm = True  # the time embedding as GroupNorm scale and shift
+    classifier.new_attention_order = False  # q/k/v split before heads (False: ADM's legacy)
     # --mode=train_classifier: these replace training.num_train_steps, training.batch_size and
     # optim.lr; the other training and optim keys are shared.
     classifier.train_steps = 20_000

@@ -9,7 +9,10 @@ restore unchanged and `--mode=train` fine-tunes. Sources (`SOURCES`):
   its step);
 - `dit`: facebookresearch/DiT `DiT-XL-2-256x256.pt` / `-512x512.pt` (EMA weights -> both, step 0);
 - `edm`: NVlabs/edm network pickles of SongUNet (DDPM++/NCSN++) networks (EMA -> both, step 0);
-- `sit`: willisma/SiT `SiT-XL-2-256x256.pt` (DiT's format; flow-matching velocity, step 0).
+- `sit`: willisma/SiT `SiT-XL-2-256x256.pt` (DiT's format; flow-matching velocity, step 0);
+- `adm_classifier`: openai/guided-diffusion's noise-conditional classifiers
+  (`64x64_classifier.pt` ... `512x512_classifier.pt`) into DIR/classifier/checkpoints/0/, the
+  classifier that `sampling.classifier_scale` uses (`classifier.name=adm`).
 No torch at run time: files are read with `diffjax.storage.torch_files`. The checkpoint must hold the
 network the config builds; otherwise the conversion stops before writing, naming the first
 parameter whose name or shape differs and the config keys that decide it.
@@ -26,7 +29,7 @@ import pickle
 import zipfile
 from typing import Any, Callable
 
-from diffjax.convert import dit, edm, score_sde
+from diffjax.convert import adm, dit, edm, score_sde
 from diffjax.convert.target import Target, build_target, check_empty, write_checkpoint
 from diffjax.latents.latent_mode import resolve_paths
 from diffjax.storage import filesystem, workdir as workdir_lib
@@ -37,6 +40,7 @@ from diffjax.storage.workdir_lock import WorkdirLock
 class Source:
     read: Callable[[Any], Any]  # file stream -> loaded checkpoint
     convert: Callable[[Target, Any], tuple[dict, dict, int]]  # -> params, ema_params, step
+    task: str = "diffusion"  # "classifier": the run's classifier (WORKDIR/classifier)
 
 
 SOURCES: dict[str, Source] = {
@@ -44,6 +48,7 @@ SOURCES: dict[str, Source] = {
     "dit": Source(dit.read, dit.convert),
     "edm": Source(edm.read, edm.convert),
     "sit": Source(dit.read, dit.convert_sit),
+    "adm_classifier": Source(adm.read, adm.convert, task="classifier"),
 }
 
 
@@ -80,7 +85,16 @@ def load(source: str, checkpoint: str):
 def convert_params(source: str, checkpoint: str, config) -> tuple[Target, dict, dict, int]:
     """Reads and converts without writing: (target, params, ema_params, step)."""
     loaded = load(source, checkpoint)
-    target = build_target(config)
+    if get_source(source).task == "classifier":
+        from diffjax.experiment import classifier_training_config
+
+        if config.classifier.name != "adm":
+            raise ValueError(f"--source={source} converts guided-diffusion's classifiers: set "
+                             f"--config.classifier.name=adm (it is {config.classifier.name!r}), "
+                             f"e.g. configs/imagenet_adm_classifier.py:64.")
+        target = build_target(classifier_training_config(config), task="classifier")
+    else:
+        target = build_target(config)
     params, ema_params, step = get_source(source).convert(target, loaded)
     return target, params, ema_params, step
 
@@ -91,16 +105,24 @@ def convert(source: str, checkpoint: str, config, workdir: str, step: int | None
     Like training, the conversion is a writer: it holds the workdir lock, and it records the
     config in WORKDIR/config.json, so a later run with other shapes names the keys that differ.
     """
-    get_source(source)
-    check_empty(workdir)
+    if get_source(source).task == "classifier":
+        # A classifier is its own run, WORKDIR/classifier (classifier.pretrained), beside a
+        # diffusion run that may already be there.
+        from diffjax.experiment import classifier_training_config, resolve_classifier_path
+
+        config = resolve_classifier_path(config, workdir)
+        run, recorded = config.classifier.pretrained, classifier_training_config(config)
+    else:
+        run, recorded = workdir, None
+    check_empty(run)
     # Relative latent paths (autoencoder.pretrained) are inside the workdir, as for every mode.
     config = resolve_paths(config, filesystem.absolute(workdir))
     # Everything is read and checked before the workdir is touched: a mismatch writes nothing.
     target, params, ema_params, found_step = convert_params(source, checkpoint, config)
-    workdir_lib.check_writable(filesystem.absolute(workdir))
-    with WorkdirLock(filesystem.absolute(workdir), purpose="conversion"):
-        check_empty(workdir)
+    workdir_lib.check_writable(filesystem.absolute(run))
+    with WorkdirLock(filesystem.absolute(run), purpose="conversion"):
+        check_empty(run)
         path = write_checkpoint(target, params, ema_params,
-                                found_step if step is None else step, workdir)
-        workdir_lib.record_config(filesystem.absolute(workdir), config)
+                                found_step if step is None else step, run)
+        workdir_lib.record_config(filesystem.absolute(run), recorded or config)
     return path

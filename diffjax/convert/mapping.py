@@ -64,6 +64,9 @@ def path_name(path: Path) -> str:
 
 # (regex on the diffjax parameter path, config keys that decide it); the first match wins.
 HINTS: tuple[tuple[str, str], ...] = (
+    (r"^(input_blocks|middle_block|out|time_embed)_\d", "classifier.nf, ch_mult, num_res_blocks, "
+     "attn_resolutions, num_head_channels, pool, resblock_updown or use_scale_shift_norm, or "
+     "data.image_size (configs/imagenet_adm_classifier.py:<size> has the published ones)"),
     (r"^conv_in/|^conv_out/", "data.num_channels or model.unet.nf"),
     (r"^noise_features/", "model.noise_embedding ('fourier' has these) or model.unet.nf"),
     (r"^temb_0/", "model.noise_embedding ('positional': nf features, 'fourier': 2 nf) or "

@@ -101,10 +101,10 @@ class Target:
         return [(path[0], cls) for path, cls in self.calls if len(path) == 1]
 
 
-def build_target(config) -> Target:
+def build_target(config, task: str = "diffusion") -> Target:
     # The state's shapes come from tracing the network once; record its calls on the way.
     with CallRecorder() as recorder:
-        experiment = build_experiment(config)
+        experiment = build_experiment(config, task=task)
     calls = recorder.calls
     if getattr(experiment.model, "remat", False):
         calls = module_calls(experiment.model, example_input(config))

@@ -33,15 +33,17 @@ ClassifierFn = Callable[[Array, Array], Array]
 
 
 def classifier_logits(classifier: ClassifierFn, process: LinearProcess, x: Array, t: Array,
-                      sigma_data: float = 0.5) -> Array:
-    """Logits of p(y | x_t) for x at the per-example times t."""
+                      sigma_data: float | None = 0.5) -> Array:
+    """Logits of p(y | x_t) for x at the per-example times t; the input scaled to unit variance
+    (EDM's c_in with sigma_data), or x_t itself with sigma_data None (ADM's classifiers)."""
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-    x_in = x * broadcast_to_data(input_scale(process, t, sigma_data), x)
+    x_in = x if sigma_data is None else x * broadcast_to_data(
+        input_scale(process, t, sigma_data), x)
     return classifier(x_in, noise_conditioning(process, t)).astype(jnp.float32)
 
 
 def classifier_loss(rng: Array, classifier: ClassifierFn, process: LinearProcess, x0: Array,
-                    labels: Array, *, sigma_data: float = 0.5, eps: float = 1e-5,
+                    labels: Array, *, sigma_data: float | None = 0.5, eps: float = 1e-5,
                     time_sampling: str | None = None, **time_options) -> tuple[Array, Array]:
     """(cross-entropy [B], correct [B]) of the classifier on x_t, t drawn as the diffusion
     loss draws it (`losses.sample_times`: the process's own distribution by default)."""
@@ -56,7 +58,7 @@ def classifier_loss(rng: Array, classifier: ClassifierFn, process: LinearProcess
 
 
 def score_guidance(classifier: ClassifierFn, process: LinearProcess, labels: Array,
-                   scale: float, sigma_data: float = 0.5) -> Callable[[Array, Array], Array]:
+                   scale: float, sigma_data: float | None = 0.5) -> Callable[[Array, Array], Array]:
     """(x, t) -> scale * grad_x log p(labels | x_t): the term added to the score."""
 
     def log_prob(x, t):

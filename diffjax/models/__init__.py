@@ -169,4 +169,16 @@ def build_classifier(config) -> nn.Module:
             hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads,
             embedding_type=m.noise_embedding, fourier_scale=m.fourier_scale,
             dtype=compute_dtype(m))
+    if c.name == "adm":
+        from diffjax.models.adm_classifier import ADMClassifier
+
+        size = int(config.data.image_size)
+        return ADMClassifier(
+            num_classes=int(config.data.num_classes), model_channels=c.nf,
+            num_res_blocks=c.num_res_blocks, channel_mult=tuple(c.ch_mult),
+            attention_ds=tuple(size // int(r) for r in c.attn_resolutions),
+            num_heads=c.num_heads, num_head_channels=c.num_head_channels,
+            use_scale_shift_norm=c.use_scale_shift_norm, resblock_updown=c.resblock_updown,
+            new_attention_order=c.new_attention_order, pool=c.pool, dropout=c.dropout,
+            dtype=compute_dtype(m))
     raise ValueError(f"Unknown classifier.name={c.name!r}; choose one of {list(CLASSIFIER_KINDS)}.")

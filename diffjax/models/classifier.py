@@ -14,8 +14,8 @@ is bound to a process (`diffjax.diffusion.classifier_guidance`), as for the netw
 - "dit": a small DiT encoder: patches, DiT blocks conditioned on the noise level (adaLN-Zero),
   mean over tokens, LayerNorm and a zero-initialised Linear.
 
-Neither is ADM's classifier weight for weight (its attention pooling and scale-shift norms are
-not here); converting ADM's published classifiers is not implemented.
+Neither is ADM's classifier weight for weight; "adm" (`diffjax.models.adm_classifier`) is, and
+converts ADM's published classifiers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from diffjax.models.embeddings import (GaussianFourierEmbedding, NoiseLevelEmbed
 from diffjax.models.ncsnpp_layers import (AttnBlockpp, ResnetBlockBigGANpp, conv3x3, dense,
                                           get_activation, group_norm)
 
-CLASSIFIER_KINDS = ("unet", "dit")
+CLASSIFIER_KINDS = ("unet", "dit", "adm")  # adm: `diffjax.models.adm_classifier`
 
 
 def _logits_layer(num_classes: int, name: str) -> nn.Dense:

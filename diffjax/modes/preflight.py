@@ -313,8 +313,8 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
     from diffjax import sampling
     from diffjax.diffusion.classifier_guidance import score_guidance
     from diffjax.experiment import (build_experiment, classifier_network,
-                                    classifier_training_config, example_condition, is_guided,
-                                    score_fn_for)
+                                    classifier_sigma_data, classifier_training_config,
+                                    example_condition, is_guided, score_fn_for)
     from diffjax.sampling.generate import classifier_scale, image_shape
 
     labels = example_condition(config, batch_size)
@@ -330,7 +330,7 @@ def trace_sampler(config, experiment, batch_size: int) -> None:
         if classifier is not None:
             guide = score_guidance(classifier_network(classifier.model, classifier_params),
                                    experiment.sde, class_labels, scale,
-                                   float(config.model.sigma_data))
+                                   classifier_sigma_data(config))
         score_fn = score_fn_for(config, experiment.model, experiment.sde, params,
                                 labels=labels,
                                 guidance_scale=guidance, score_guidance=guide)

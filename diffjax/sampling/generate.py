@@ -22,7 +22,8 @@ from diffjax import data as data_lib, sampling
 from diffjax.diffusion.classifier_guidance import score_guidance
 from diffjax.diffusion.guidance import grid_labels
 from diffjax.diffusion.processes import LinearSDE
-from diffjax.experiment import classifier_network, is_guided, load_classifier, score_fn_for
+from diffjax.experiment import (classifier_network, classifier_sigma_data, is_guided,
+                                load_classifier, score_fn_for)
 from diffjax.latents.latent_mode import is_latent, model_input_shape
 from diffjax.parallel.mesh import batch_axis_size
 from diffjax.parallel.sharding import batch_sharding, replicated
@@ -90,7 +91,7 @@ def make_generate_fn(config, model, sde: LinearSDE, mesh: Mesh, batch_size: int,
     guidance = float(sampling_config.guidance_scale) if is_guided(config) else 1.0
     scale = classifier_scale(config, sampling_config) if allow_classifier else 0.0
     classifier = load_classifier(config, list(mesh.devices.flat)) if scale else None
-    sigma_data = float(config.model.sigma_data)
+    sigma_data = classifier_sigma_data(config)
 
     def generate(params, decoder_params, classifier_params, rng, labels):
         guide = None

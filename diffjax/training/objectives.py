@@ -36,7 +36,8 @@ import jax.numpy as jnp
 from diffjax.data.pixels import to_model_range
 from diffjax.diffusion import classifier_guidance, consistency, losses, meanflow
 from diffjax.diffusion.guidance import drop_to_null
-from diffjax.experiment import Experiment, network, null_condition, score_fn_for
+from diffjax.experiment import (Experiment, classifier_sigma_data, network, null_condition,
+                                score_fn_for)
 from diffjax.latents import text_cache
 from diffjax.latents.latent_mode import is_latent
 
@@ -198,7 +199,7 @@ class ClassifierObjective(DiffusionObjective):
         net = network(self.model, params, train=True, dropout_rng=dropout_rng)
         nll, correct = classifier_guidance.classifier_loss(
             loss_rng, lambda x_in, cond: net(x_in, cond, None), self.sde, inputs["x0"],
-            inputs["labels"], sigma_data=float(self.config.model.sigma_data),
+            inputs["labels"], sigma_data=classifier_sigma_data(self.config),
             eps=self.config.training.eps, time_sampling=self.options["time_sampling"],
             logit_normal=self.options["logit_normal"], log_normal=self.options["log_normal"])
         return jnp.mean(nll), {"accuracy": jnp.mean(correct)}
