@@ -3,7 +3,8 @@
 Given trained digits runs (configs/digits.py, 2,000 steps each as their variants train):
     vp    the default VP model (`make quickstart`)       edm   `:edm`        flow  `:flow`
     cm    `:consistency` (sCT)                           mf    `:meanflow`
-    distill `:distill` with model.teacher = the vp run (optional)
+    distill `:distill` with model.teacher = the vp run; distill_flow `:distill,flow` (teacher:
+    the flow run); distill_edm `:distill,edm` (teacher: the edm run) (each optional)
 it prints, through diffjax's own modes (the numbers are what --mode=eval / --mode=sample give):
 
 1. FID at NFE 1, 2, 4, 8: the consistency model, MeanFlow and the distilled student with their
@@ -42,7 +43,10 @@ FEW_STEP = {
     "cm": ("consistency", "sampling.num_steps=1,2,4,8", "sCT (consistency sampler)"),
     "mf": ("meanflow", "sampling.num_steps=1,2,4,8", "MeanFlow (1-2 step sampler, N steps)"),
     "distill": ("distill", "sampling.num_steps=1,2,4,8", "sCD student of the VP run"),
+    "distill_flow": ("distill,flow", "sampling.num_steps=1,2,4,8", "sCD student of the flow run"),
+    "distill_edm": ("distill,edm", "sampling.num_steps=1,2,4,8", "sCD student of the EDM run"),
 }
+STUDENT_OF = {"distill": "vp", "distill_flow": "flow", "distill_edm": "edm"}
 SOLVERS = {
     "dpm": ("sampling.method=dpm_solver;sampling.denoise=false;sampling.num_steps=1,2,4,8",
             "DPM-Solver++(3M)"),
@@ -113,9 +117,9 @@ def main() -> None:
         for name, (variant, sweep, label) in FEW_STEP.items():
             workdir = os.path.join(args.runs, name)
             if os.path.isdir(os.path.join(workdir, "checkpoints")):
-                # The student's config names its teacher (the vp run beside it).
-                extra = {"model.teacher": os.path.join(args.runs, "vp")} \
-                    if name == "distill" else {}
+                # The student's config names its teacher (the run beside it).
+                extra = {"model.teacher": os.path.join(args.runs, STUDENT_OF[name])} \
+                    if name in STUDENT_OF else {}
                 rows.append((label, "1, 2, 4, 8", fid_row(variant, workdir, sweep,
                                                           args.num_samples, **extra)))
         for name, variant in TEACHERS.items():

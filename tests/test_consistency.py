@@ -47,8 +47,8 @@ def perturbed_model(process, mixture, c):
     return ConsistencyModel(process, f)
 
 
-@pytest.mark.parametrize("process", [TrigFlow(), VPSDE(), EDMProcess()],
-                         ids=["trigflow", "vp", "edm"])
+@pytest.mark.parametrize("process", [TrigFlow(), VPSDE(), EDMProcess(), RectifiedFlow()],
+                         ids=["trigflow", "vp", "edm", "flow"])
 def test_exact_consistency_function_zeroes_the_distillation_tangent(process):
     """sCD with the exact teacher: g = cos(t) df/dt vanishes for the true consistency function
     (in any process's coordinates), so the loss's gradient does; a perturbed f is pulled back."""

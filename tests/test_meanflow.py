@@ -1,7 +1,8 @@
 """MeanFlow against exact answers: for Gaussian data the average velocity
 u(z, r, t) = (z_t - z_r) / (t - r) of the probability-flow ODE is closed-form
 (`gaussian_mixture.gaussian_flow_map`), for a mixture solved by RK4 on the exact score; the loss
-is the official code's (tests/fixtures/meanflow, made by running it); the networks' JVPs (MeanFlow's and sCM's) equal finite differences."""
+is the official code's (tests/fixtures/meanflow, made by running it); the networks' JVPs
+(MeanFlow's and sCM's) equal finite differences."""
 
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ OFFICIAL_CASES = {  # tools/make_meanflow_fixture.py: (omega, kappa, interval, n
 
 
 class FixtureNet:
-    """The fixture's tiny network u(x, t, h = t - r, y), written out (tools/make_meanflow_fixture)."""
+    """The fixture's tiny network u(x, t, h = t - r, y), as tools/make_meanflow_fixture.py has it."""
 
     def __init__(self, params, labels):
         self.params, self.labels = params, labels
