@@ -115,34 +115,17 @@ def meanflow_loss(model, x_t: Array, t: Array, r: Array, velocity: Array, *,
                          velocity_error=jnp.sum(flat(u - reference) ** 2, axis=-1))
 
 
-def meanflow_training_loss(
-    rng: Array,
-    model_for: Callable,
-    process: LinearProcess,
-    x0: Array,
-    labels: Array | None = None,
-    *,
-    null_label: int | None = None,
-    label_dropout: float = 0.1,
-    ratio: float = 0.25,
-    logit_normal: tuple[float, float] = (-0.4, 1.0),
-    norm_p: float = 1.0,
-    norm_eps: float = 0.01,
-    omega: float = 1.0,
-    kappa: float = 0.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
-) -> MeanFlowTerms:
+def meanflow_training_loss(rng: Array, model_for: Callable, process: LinearProcess, x0: Array,
+                           labels: Array | None = None, **options) -> MeanFlowTerms:
     """One MeanFlow training loss, per example. `model_for(labels, train)` returns the model
     function for those labels (None: unconditional); guidance and label dropout apply to
-    conditional models only (labels given)."""
+    conditional models only (labels given). `options`: `meanflow_loss_from_draws`'s."""
     time_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
     normals = jax.random.normal(time_rng, (2, x0.shape[0]), float_dtype())
     noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
     drop_uniform = None if labels is None else jax.random.uniform(drop_rng, labels.shape)
-    return meanflow_loss_from_draws(
-        model_for, process, x0, labels, normals, noise, drop_uniform, null_label=null_label,
-        label_dropout=label_dropout, ratio=ratio, logit_normal=logit_normal, norm_p=norm_p,
-        norm_eps=norm_eps, omega=omega, kappa=kappa, guidance_interval=guidance_interval)
+    return meanflow_loss_from_draws(model_for, process, x0, labels, normals, noise, drop_uniform,
+                                    **options)
 
 
 def meanflow_loss_from_draws(
