@@ -41,8 +41,12 @@ def main(argv):
     logs.quiet_library_logs()
     path = convert(FLAGS.source, FLAGS.checkpoint, FLAGS.config, FLAGS.workdir, FLAGS.step)
     config_args = " ".join(shlex.quote(a) for a in sys.argv[1:] if a.startswith("--config"))
+    then = ("Guide a diffusion run in that workdir: python -m diffjax.main {} --workdir={} "
+            "--mode=sample --config.sampling.classifier_scale=1 --config.sampling.labels=0"
+            if SOURCES[FLAGS.source].task == "classifier" else
+            "Evaluate: python -m diffjax.main {} --workdir={} --mode=eval")
     print(f"Converted {FLAGS.source} checkpoint {FLAGS.checkpoint} to {path}\n"
-          f"Evaluate: python -m diffjax.main {config_args} --workdir={FLAGS.workdir} --mode=eval")
+          + then.format(config_args, FLAGS.workdir))
 
 
 if __name__ == "__main__":
