@@ -24,8 +24,8 @@ Expected: the classifier's parameter count equals guided-diffusion's create_clas
 size (64: 65,438,568; 128: 42,568,040; 256: 54,096,360; 512: 54,448,360) and a converted
 classifier gives guided-diffusion's logits (tests/test_adm_classifier.py, on random-weight
 fixtures made by guided-diffusion's code). Not measured here (no ImageNet, no published weights,
-no accelerator): the published classifiers' accuracy and ADM's guided FIDs (ADM-G 64x64 FID 2.07
-with its own U-Net, which diffjax does not port).
+no accelerator): the published classifiers' accuracy and ADM-G's guided FIDs (made with ADM's
+own diffusion U-Net, which diffjax does not port).
 """
 
 from diffjax.config.schema import base_config

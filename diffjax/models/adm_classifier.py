@@ -33,25 +33,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.embeddings import timestep_embedding
+from diffjax.models.sd_unet_layers import group_norm
+
 Array = jax.Array
-
-
-def adm_timestep_embedding(timesteps: Array, dim: int, max_period: float = 10000.0) -> Array:
-    """guided-diffusion's `timestep_embedding`: [cos, sin] (a zero column for odd dims)."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-    if dim % 2:
-        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
-    return emb
 
 
 def group_norm32(x, name: str):
     """GroupNorm(32 groups, eps 1e-5) computed in float32, cast back (guided-diffusion's
     GroupNorm32); called inside a compact module."""
-    return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
-                        name=name)(x.astype(jnp.float32)).astype(x.dtype)
+    return group_norm(32, 1e-5, jnp.float32, name)(x.astype(jnp.float32)).astype(x.dtype)
 
 
 def _avg_pool2(x):
@@ -195,7 +186,7 @@ class ADMClassifier(nn.Module):
                              f"'attention' and 'adaptive' heads (the published classifiers use "
                              f"'attention').")
         mc, dt = self.model_channels, self.dtype
-        emb = adm_timestep_embedding(noise_cond, mc)
+        emb = timestep_embedding(noise_cond, mc)  # ADM/DiT layout
         emb = nn.Dense(4 * mc, dtype=dt, param_dtype=jnp.float32, name="time_embed_0")(emb)
         emb = nn.Dense(4 * mc, dtype=dt, param_dtype=jnp.float32, name="time_embed_2")(
             nn.silu(emb))
