@@ -17,8 +17,10 @@ The reference environment (torch from PyPI, never in diffjax's .venv):
 
     git clone https://github.com/openai/guided-diffusion /tmp/guided-diffusion
     git -C /tmp/guided-diffusion checkout 22e0df8
-    python3 -m venv toolsenv && toolsenv/bin/pip install torch==2.13.0 numpy
+    make toolsenv
     toolsenv/bin/python tools/make_adm_classifier_fixture.py --guided-diffusion /tmp/guided-diffusion
+
+(The fixture in the repository was written with torch 2.14.1 CPU.)
 
 Output: tests/fixtures/adm_classifier/{attention,adaptive}.pt and reference.npz.
 Test: tests/test_adm_classifier.py.
