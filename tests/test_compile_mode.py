@@ -114,6 +114,22 @@ def test_compile_keys_are_checked_before_compiling(tmp_path):
         assert expected in line, line
 
 
+def test_a_text_model_is_planned_before_its_text_cache_exists(tmp_path, digits_config):
+    """The null caption is a constant of the step: zeros of its shape make the same program, so
+    a pod plan needs no encode_latents run. Its sampler is not planned (prompts are encoded on
+    the host), in one line."""
+    run_cli("--mode=compile", "--config=configs/digits.py:text,test", f"--workdir={tmp_path}",
+            "--config.compile.topology=cpu")
+    report = json.loads((tmp_path / "compile" / "cpu_train.json").read_text())
+    assert report["fits"] and report["memory_per_chip"]["batch"] > 0
+    assert not (tmp_path / "cache").exists()  # nothing encoded, nothing written there
+
+    config = digits_config("text,test")
+    config.data.latent_dir = str(tmp_path / "nothing")
+    with pytest.raises(compile_mode.UserError, match="compile.what=train"):
+        compile_mode.compile_plan(config, topologies.compile_target("cpu"), "sample")
+
+
 FSDP_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])

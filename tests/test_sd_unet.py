@@ -188,6 +188,20 @@ def test_parameter_count_at_published_configs(name):
     assert parameter_count(module) == PUBLISHED_COUNTS[name]
 
 
+def test_config_only_sd15_folder_is_the_published_model():
+    """benchmarks/tpu_compile.py plans SD 1.5 from config.json files alone (no weights): its
+    folder must hold the published U-Net, and the text states' shape must come without a
+    vocabulary."""
+    from diffjax.text import output_shapes
+
+    folder = os.path.join(REPO, "benchmarks", "published_configs", "sd15")
+    with open(os.path.join(folder, "unet", "config.json")) as f:
+        parsed = UNetConfig.from_diffusers(json.load(f))
+    assert parsed == UNetConfig.from_diffusers(PUBLISHED["sd15"])
+    assert parameter_count(UNet2DConditionModel(parsed)) == PUBLISHED_COUNTS["sd15"]
+    assert output_shapes("clip", folder) == (77, 768, 768)
+
+
 def test_nested_transformer_depths_count_like_diffusers():
     """SDXL with per-layer transformer depths (diffusers' asymmetric U-Net), diffusers' count."""
     counts = json.load(open(os.path.join(FIXTURES, "param_counts.json")))

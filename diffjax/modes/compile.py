@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.experiment import Experiment, build_experiment
+from diffjax.latents import text_cache
 from diffjax.parallel.sharding import batch_sharding, replicated
 from diffjax.parallel.topologies import (CPU, CompileTarget, compile_target,
                                          host_memory_gib_per_device)
@@ -120,9 +121,20 @@ class Plan:
     batch_size: int
 
 
+def _null_for_plan(config) -> dict[str, jax.Array] | None:
+    """Zeros shaped as the null caption when the text cache holds none yet (a plan made before
+    --mode=encode_latents): the null is a constant of the step, so the program is the same."""
+    if not text_cache.is_text(config) or \
+            fs.exists(fs.join(config.data.latent_dir, text_cache.NULL_FILE)):
+        return None
+    length, width, pooled = text_cache.conditioning_shapes(config)
+    return {"states": jnp.zeros((length, width), jnp.float32),
+            "mask": jnp.ones((length,), jnp.int32), "pooled": jnp.zeros((pooled,), jnp.float32)}
+
+
 def _train_plan(experiment: Experiment) -> Plan:
     state, batch = experiment.spec.abstract, abstract_batch(experiment)
-    objective = objective_for(experiment)
+    objective = objective_for(experiment, null=_null_for_plan(experiment.config))
     step = jit_train_step(experiment, objective)  # outside the mesh: it computes its key eagerly
     extra = step_arguments(experiment, objective, abstract=True)
     with experiment.activate():
@@ -140,6 +152,10 @@ def _sample_plan(experiment: Experiment) -> Plan:
     from diffjax.sampling.generate import make_generate_fn
 
     config, mesh = experiment.config, experiment.mesh
+    if text_cache.is_text(config):  # prompts are encoded on the host, outside the sampler
+        raise UserError("--config.compile.what=sample does not plan text-conditioned models "
+                        "(their prompts are encoded outside the sampler); compile "
+                        "--config.compile.what=train.")
     batch_size = int(config.sampling.batch_size)
     # Latent models decode in the same program at sampling time; the first stage's weights are
     # not needed to compile the sampler of the latents, which is what is compiled here.

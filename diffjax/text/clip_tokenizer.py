@@ -97,6 +97,17 @@ def _special_tokens(folder: str) -> tuple[dict[str, str], int]:
     return tokens, max_length
 
 
+def configured_max_length(folder: str, subfolder: str = "tokenizer") -> int:
+    """model_max_length from the tokenizer's config files alone (no vocabulary needed): what
+    a compile plan or a network's input shape needs before any weights are downloaded."""
+    for candidate in (folder, filesystem.join(folder, subfolder)):
+        if any(filesystem.is_file(filesystem.join(candidate, name))
+               for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                            "tokenizer.json")):
+            return _special_tokens(candidate)[1]
+    return DEFAULT_MAX_LENGTH
+
+
 def _vocabulary(folder: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab_path, merges_path = (filesystem.join(folder, n) for n in ("vocab.json", "merges.txt"))
     if filesystem.is_file(vocab_path) and filesystem.is_file(merges_path):

@@ -166,7 +166,7 @@ def output_shapes(name: str, folder: str | None = None, max_length: int | None =
         text = clip.CLIPTextConfig.from_json(config, config_path)
         projected = any(a in ("CLIPTextModelWithProjection", "CLIPModel")
                         for a in config.get("architectures") or [])
-        length = clip_tokenizer.CLIPTokenizer(folder).max_length
+        length = clip_tokenizer.configured_max_length(folder)
         return length, text.hidden_size, text.projection_dim if projected else text.hidden_size
     if name not in ("bert", "minilm"):
         raise ValueError(f"Unknown text encoder {name!r}; choose one of bert, clip, minilm.")

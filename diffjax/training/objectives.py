@@ -90,7 +90,7 @@ def model_input(config, batch: dict, rng: jax.Array, *,
 
 
 class DiffusionObjective:
-    def __init__(self, config, model: nn.Module, sde):
+    def __init__(self, config, model: nn.Module, sde, *, null=None):
         self.config, self.model, self.sde = config, model, sde
         self.options = losses.loss_options(config.training)
         # Read once, on the host: the latent scale is a constant of the compiled step.
@@ -101,8 +101,10 @@ class DiffusionObjective:
             self.scale_shift = latent_scale_shift(config)
         # Text: the null caption, a constant of the compiled step (read once, on the host).
         self.caption_dropout = float(config.training.get("caption_dropout", 0.0))
-        self.null = null_condition(config) if text_cache.is_text(config) and \
-            self.caption_dropout > 0 else None
+        # `null` (same shapes) stands in for the cached one where only the program matters
+        # (--mode=compile before encode_latents has run).
+        dropping = text_cache.is_text(config) and self.caption_dropout > 0
+        self.null = (null if null is not None else null_condition(config)) if dropping else None
 
     def prepare(self, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
         if self.null is not None:
@@ -127,8 +129,8 @@ class ConsistencyObjective(DiffusionObjective):
 
     takes_context = True
 
-    def __init__(self, config, model: nn.Module, sde, teacher=None):
-        super().__init__(config, model, sde)
+    def __init__(self, config, model: nn.Module, sde, teacher=None, *, null=None):
+        super().__init__(config, model, sde, null=null)
         self.teacher = teacher
         self.constants = None if teacher is None else teacher.params
         self.constant_shardings = None if teacher is None else teacher.shardings
@@ -240,9 +242,10 @@ class ControlNetObjective(DiffusionObjective):
         return {"x0": inputs["x0"], "labels": {"labels": inputs.get("labels"), "cond": cond}}
 
 
-def objective_for(experiment: Experiment, teacher=None) -> Objective:
+def objective_for(experiment: Experiment, teacher=None, *, null=None) -> Objective:
     """The objective of the experiment's task and `training.objective`; `teacher` is a
-    `training.teacher.Teacher` for distillation."""
+    `training.teacher.Teacher` for distillation; `null` replaces the text cache's null caption
+    (an abstract plan's zeros)."""
     config = experiment.config
     if experiment.task == "autoencoder":
         return AutoencoderObjective(config, experiment.model)
@@ -256,10 +259,10 @@ def objective_for(experiment: Experiment, teacher=None) -> Objective:
         if name != "diffusion" or teacher is not None:
             raise ValueError(f"A ControlNet trains with training.objective='diffusion' and no "
                              f"model.teacher (got {name!r}).")
-        return ControlNetObjective(config, experiment.model, experiment.sde)
+        return ControlNetObjective(config, experiment.model, experiment.sde, null=null)
     if name == "consistency":
-        return ConsistencyObjective(config, experiment.model, experiment.sde, teacher)
+        return ConsistencyObjective(config, experiment.model, experiment.sde, teacher, null=null)
     if teacher is not None:
         raise ValueError(f"model.teacher is set, but training.objective={name!r} does not "
                          f"distil; use training.objective=consistency.")
-    return OBJECTIVES[name](config, experiment.model, experiment.sde)
+    return OBJECTIVES[name](config, experiment.model, experiment.sde, null=null)
