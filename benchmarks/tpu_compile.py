@@ -215,6 +215,8 @@ def main():
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--search_compiles", type=int, default=0,
                         help="compiles spent on the largest batch per model and slice")
+    parser.add_argument("--plans", default="DP,FSDP+remat,search,FSDP",
+                        help="which compiles to run, in this order of priority per cell")
     parser.add_argument("--table_only", action="store_true",
                         help="print the table from --results without compiling (n/c: missing)")
     parser.add_argument("--results", default=os.path.join(REPO, "workdirs", "tpu_compile.json"),
@@ -240,6 +242,7 @@ def main():
     order = [(stage, key, topology) for key in args.models.split(",")
              for stage in ("DP", "FSDP+remat") for topology in args.topologies.split(",")]
     order += [(stage, key, topology) for stage in ("search", "FSDP") for key, topology in cells]
+    order = [entry for entry in order if entry[0] in args.plans.split(",")]
     for stage, key, topology in [] if args.table_only else order:
         title, spec, batch = MODELS[key]
         print(f"{title} on {targets[topology].describe()}", file=sys.stderr, flush=True)

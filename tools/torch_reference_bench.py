@@ -50,9 +50,20 @@ EM_STEPS = 100
 _SETUP_PEAK: list[float] = []  # peaks before each reset (compilation, model set-up)
 
 
+def _release_free_heap() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak_rss() -> None:
-    """Restarts the kernel's peak-RSS counter (VmHWM) before the timed part, as on the JAX side."""
+    """Restarts the kernel's peak-RSS counter (VmHWM) before the timed part, as on the JAX side
+    (freed heap handed back to the OS first)."""
     _SETUP_PEAK.append(run_peak_rss_mb() or 0.0)
+    _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
