@@ -15,7 +15,7 @@ global batch, for three plans: DP (data parallel, no remat), FSDP (all chips), F
 These are compile-time estimates: CPU load slows the compiles, never the numbers. Every report
 is kept in --results, so a rerun compiles only what is missing.
 
-Host memory: libtpu's compiler took 6-13 GB for DiT-XL/2 and for SD 1.5 on a v5p-8, and more
+Host memory: libtpu's compiler took 6-7 GB for DDPM++ deep, 13 GB for SD 1.5 on a v5p-8, and more
 than 24 GB for SD 1.5 on a v6e-8 (killed for memory on the 24 GiB reference machine).
 
     make libtpu && .venv/bin/python benchmarks/tpu_compile.py           # hours on 2 busy cores
