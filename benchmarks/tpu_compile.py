@@ -219,7 +219,7 @@ def main():
     parser.add_argument("--search_compiles", type=int, default=0,
                         help="compiles spent on the largest batch per model and slice")
     parser.add_argument("--plans", default="DP,FSDP+remat,search,FSDP",
-                        help="which compiles to run, in this order of priority per cell")
+                        help="the compiles to run, of DP, FSDP+remat, search, FSDP (run in that order)")
     parser.add_argument("--table_only", action="store_true",
                         help="print the table from --results without compiling (n/c: missing)")
     parser.add_argument("--results", default=os.path.join(REPO, "workdirs", "tpu_compile.json"),
